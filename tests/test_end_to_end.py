@@ -1,0 +1,76 @@
+"""The real bundled model, trained for a few steps through the CLI, then chatted with."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from tunesmith.cli import app
+
+pytestmark = pytest.mark.slow
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "json_extraction"
+sys.path.insert(0, str(EXAMPLES))
+
+from generate import SYSTEM  # noqa: E402
+from score import score_models  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def json_data(tmp_path_factory):
+    out = tmp_path_factory.mktemp("json")
+    subprocess.run([sys.executable, str(EXAMPLES / "generate.py"), "--out", str(out), "--train", "60",
+                    "--heldout", "20"], check=True)
+    return out
+
+
+@pytest.fixture(scope="module")
+def tuned(json_data, smol_info):
+    result = CliRunner().invoke(app, ["train", str(json_data / "train.jsonl"), "--validation",
+                                      str(json_data / "heldout.jsonl"), "--suffix", "e2e", "--seed", "3",
+                                      "--json"])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout[result.stdout.index("{"):])
+
+
+def test_train_reports_model_tokens_metrics_and_checkpoints(tuned):
+    assert tuned["status"] == "succeeded"
+    assert tuned["fine_tuned_model"].startswith("ft:smollm2-135m-instruct:local:e2e:")
+    assert tuned["hyperparameters"]["n_epochs"] == 3  # auto: 60 examples
+    assert len(tuned["checkpoints"]) == 3 and tuned["checkpoints"][0].endswith(":ckpt-step-8")
+    assert tuned["trained_tokens"] > 60 * 3 * 80
+    # A few steps on 60 examples already pull the held-out loss far below the base model's.
+    assert tuned["metrics"]["valid_loss"] < 0.5
+    assert tuned["metrics"]["valid_mean_token_accuracy"] > 0.8
+
+
+def test_tuned_model_beats_base_on_held_out_json(tuned, json_data):
+    scores, _, _, _ = score_models(json_data / "heldout.jsonl", ["smollm2-135m-instruct", tuned["fine_tuned_model"]])
+    assert scores["smollm2-135m-instruct"] <= 0.1
+    assert scores[tuned["fine_tuned_model"]] >= 0.5
+
+
+def test_chat_once_with_model_and_checkpoint(tuned):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    message = "Hi, I'm Ada Lovelace from London and I need 2 units of table lamp."
+    for model in (tuned["fine_tuned_model"], tuned["checkpoints"][0]):
+        done = subprocess.run([sys.executable, "-m", "tunesmith.cli", "chat", model, "-m", message,
+                               "--system", SYSTEM, "--max-tokens", "60"],
+                              capture_output=True, text=True, env=env, timeout=300)
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout)["name"] == "Ada Lovelace"
+
+
+def test_models_lists_the_tuned_model(tuned):
+    result = CliRunner().invoke(app, ["models"])
+    assert result.exit_code == 0
+    assert tuned["fine_tuned_model"] in result.output.replace("\n", "")
+
+
+def test_unknown_model_lists_known_ones(json_data):
+    result = CliRunner().invoke(app, ["train", str(json_data / "train.jsonl"), "--model", "gpt-9"])
+    assert result.exit_code == 1
+    assert "unknown base model 'gpt-9'; known models: smollm2-135m-instruct, gemma-3-270m" in result.output

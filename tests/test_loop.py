@@ -1,0 +1,93 @@
+"""The training loop on a tiny random model: learning, determinism, checkpoints, stop and resume."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+
+from tunesmith.data.formats import parse_example
+from tunesmith.train import loop
+
+
+class Recorder:
+    def __init__(self):
+        self.steps, self.checkpoints = [], []
+
+    def on_start(self, total_steps, start_step):
+        self.total, self.start = total_steps, start_step
+
+    def on_step(self, m):
+        self.steps.append(m)
+
+    def on_checkpoint(self, c):
+        self.checkpoints.append(c)
+
+
+@pytest.fixture(scope="module")
+def dataset(renderer):
+    rows = [{"user": f"What is {i} plus one?", "assistant": f"{i + 1}"} for i in range(12)]
+    return [renderer.encode(parse_example(r, n)[0], 128) for n, r in enumerate(rows, 1)]
+
+
+def lora(model):
+    return get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", task_type="CAUSAL_LM"))
+
+
+def weights(model) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.named_parameters() if v.requires_grad}
+
+
+def run(model, dataset, tmp: Path, epochs=3, stop_at=None, resume_from=None, valid=None, lr=5e-3):
+    rec = Recorder()
+    cfg = loop.LoopConfig(n_epochs=epochs, batch_size=4, learning_rate=lr, seed=7)
+    result = loop.train(model, dataset, cfg, tmp, rec, pad_id=2, valid_set=valid, resume_from=resume_from,
+                        stop_requested=lambda: stop_at is not None and len(rec.steps) >= stop_at)
+    return result, rec
+
+
+def test_loss_falls_and_each_epoch_checkpoints(tiny_model_factory, dataset, tmp_path):
+    model = tiny_model_factory()  # full fine-tuning: a random model learns fast enough to see
+    result, rec = run(model, dataset, tmp_path, epochs=4, valid=dataset[:4], lr=1e-2)
+    assert result.completed and result.step == 12 == rec.total
+    assert rec.steps[-1]["train_loss"] < rec.steps[0]["train_loss"] * 0.8
+    assert [c.epoch for c in rec.checkpoints] == [1, 2, 3, 4]
+    assert all("valid_loss" in c.metrics for c in rec.checkpoints)
+    assert (rec.checkpoints[-1].path / "model.safetensors").exists()
+    # Only the newest checkpoint keeps the optimizer state needed to resume.
+    assert sorted(p.parent.name for p in tmp_path.glob(f"*/{loop.STATE_FILE}")) == ["step-000012"]
+    assert result.trained_tokens == sum(t.n_tokens for t in dataset) * 4
+
+
+def test_same_seed_same_weights(tiny_model_factory, dataset, tmp_path):
+    a, b = lora(tiny_model_factory()), lora(tiny_model_factory())
+    run(a, dataset, tmp_path / "a", epochs=1)
+    run(b, dataset, tmp_path / "b", epochs=1)
+    wa, wb = weights(a), weights(b)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+@pytest.mark.parametrize("stop_at", [2, 3])  # mid-epoch, and exactly at an epoch boundary
+def test_stop_then_resume_equals_uninterrupted(tiny_model_factory, dataset, tmp_path, stop_at):
+    straight = lora(tiny_model_factory())
+    run(straight, dataset, tmp_path / "straight")
+
+    first = lora(tiny_model_factory())
+    stopped, _ = run(first, dataset, tmp_path / "split", stop_at=stop_at)
+    assert not stopped.completed and stopped.step == stop_at
+    ckpt = tmp_path / "split" / f"step-{stop_at:06d}"
+
+    from peft import PeftModel
+
+    resumed_model = PeftModel.from_pretrained(tiny_model_factory(), ckpt, is_trainable=True)
+    resumed, rec = run(resumed_model, dataset, tmp_path / "split", resume_from=ckpt)
+    assert resumed.completed and rec.start == stop_at
+    assert [c.epoch for c in resumed.checkpoints] == [1, 2, 3]
+    ws, wr = weights(straight), weights(resumed_model)
+    assert all(torch.allclose(ws[k], wr[k], atol=1e-6) for k in ws)
+
+
+def test_evaluate_reports_loss_and_accuracy(tiny_model_factory, dataset):
+    metrics = loop.evaluate(tiny_model_factory(), dataset, pad_id=2)
+    assert metrics["valid_loss"] > 5  # random model over a 49k vocabulary
+    assert 0 <= metrics["valid_mean_token_accuracy"] <= 1

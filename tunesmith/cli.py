@@ -1,0 +1,285 @@
+"""The ``tunesmith`` command line: models, validate, train, chat."""
+
+from __future__ import annotations
+
+import functools
+import json
+import signal
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from tunesmith.config import enforce_offline, get_settings, quiet_libraries
+from tunesmith.errors import DataError, TunesmithError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Fine-tune language models on your own hardware, offline.")
+out = Console()
+err = Console(stderr=True)
+
+ModelOpt = Annotated[str, typer.Option("--model", help="Base model name, local HF dir, .gguf file or ft: model.")]
+
+
+def friendly_errors(fn):
+    """User-caused errors print one clear message and exit 1; tracebacks are for bugs."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        enforce_offline()
+        quiet_libraries()
+        try:
+            return fn(*args, **kwargs)
+        except DataError as exc:
+            if exc.report is not None:
+                _print_report(exc.report, err)
+            else:
+                err.print(f"[red]error:[/] {escape(str(exc))}")
+            raise typer.Exit(1) from None
+        except TunesmithError as exc:
+            err.print(f"[red]error:[/] {escape(str(exc))}")
+            raise typer.Exit(1) from None
+
+    return wrapper
+
+
+@app.command()
+@friendly_errors
+def models() -> None:
+    """List base models and fine-tuned models."""
+    from tunesmith.models import finetuned
+    from tunesmith.models.registry import BUNDLED
+
+    settings = get_settings()
+    table = Table(title="Base models")
+    for col in ("name", "cached", "description"):
+        table.add_column(col)
+    for m in BUNDLED.values():
+        cached = (settings.base_cache_dir / m.name).exists()
+        table.add_row(m.name, "yes" if cached else "no (converted on first use)", m.description)
+    out.print(table)
+    tuned = finetuned.list_models(settings)
+    table = Table(title="Fine-tuned models")
+    for col in ("name", "method", "trained tokens", "checkpoints"):
+        table.add_column(col)
+    for m in tuned:
+        table.add_row(m.name, m.method, str(m.trained_tokens), ", ".join(f"ckpt-step-{s}" for s in m.checkpoints))
+    out.print(table if tuned else "No fine-tuned models yet: run `tunesmith train FILE`.")
+
+
+@app.command()
+@friendly_errors
+def validate(
+    file: Annotated[Path, typer.Argument(help="JSONL training file.")],
+    model: ModelOpt = get_settings().default_model,
+    max_length: Annotated[int, typer.Option(help="Examples longer than this are truncated.")] = 2048,
+    method: Annotated[str, typer.Option(help="lora or full (for the learning rate shown).")] = "lora",
+    epochs: Annotated[str, typer.Option(help="Number or auto.")] = "auto",
+    batch_size: Annotated[str, typer.Option(help="Number or auto.")] = "auto",
+    learning_rate_multiplier: Annotated[str, typer.Option(help="Number or auto.")] = "auto",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Check a training file: errors with line and field, warnings, token statistics, hyperparameters."""
+    from tunesmith.data.validate import validate_file
+    from tunesmith.models import finetuned
+    from tunesmith.models.loading import ensure_cached, load_renderer
+    from tunesmith.train import hyper
+
+    info = ensure_cached(finetuned.resolve(model).base, status=lambda m: err.print(f"[dim]{m}[/]"))
+    report = validate_file(file, load_renderer(info), max_length)
+    hp = None
+    if report.ok:
+        try:
+            hp = hyper.resolve(len(report.tokenized), method, epochs, batch_size, learning_rate_multiplier)
+        except TunesmithError as exc:
+            report.errors.append(_problem(str(exc)))
+    if as_json:
+        data = report.as_dict()
+        data["hyperparameters"] = hp.as_dict() if hp else None
+        data["estimated_training_tokens"] = report.tokens.total * hp.n_epochs if hp and report.tokens else None
+        out.print_json(json.dumps(data))
+    else:
+        _print_report(report, out, hp)
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+def _problem(message: str):
+    from tunesmith.data.formats import Problem
+
+    return Problem(None, None, message)
+
+
+def _print_report(report, console: Console, hp=None) -> None:
+    console.print(f"[bold]{escape(report.path)}[/]: format {report.format or 'unknown'}, "
+                  f"{len(report.examples)} usable examples")
+    for p in report.errors[:100]:
+        console.print(f"  [red]error[/]   {escape(str(p))}")
+    if len(report.errors) > 100:
+        console.print(f"  [red]… and {len(report.errors) - 100} more errors[/]")
+    for p in report.warnings[:30]:
+        console.print(f"  [yellow]warning[/] {escape(str(p))}")
+    if len(report.warnings) > 30:
+        console.print(f"  [yellow]… and {len(report.warnings) - 30} more warnings[/]")
+    if report.tokens:
+        table = Table(title="Tokens per example")
+        for col in ("", "min", "median", "p95", "max", "total"):
+            table.add_column(col, justify="right")
+        for label, d in (("tokens", report.tokens), ("trained tokens", report.trained_tokens)):
+            table.add_row(label, str(d.min), f"{d.median:g}", f"{d.p95:.0f}", str(d.max), str(d.total))
+        console.print(table)
+    if hp:
+        console.print(f"Hyperparameters: epochs {hp.n_epochs}, batch size {hp.batch_size}, learning rate "
+                      f"multiplier {hp.learning_rate_multiplier:g} (learning rate {hp.learning_rate:.2e})")
+        console.print(f"Estimated training tokens: {report.tokens.total * hp.n_epochs:,} "
+                      f"({report.tokens.total:,} × {hp.n_epochs} epochs)")
+    verdict = "[green]OK[/]" if report.ok else f"[red]{len(report.errors)} error(s)[/]"
+    console.print(f"{verdict}, {len(report.warnings)} warning(s)")
+
+
+class _ProgressReporter:
+    """Shows the loop's progress as a rich bar on stderr (stdout stays for the result)."""
+
+    def __init__(self, progress: Progress):
+        self.progress = progress
+        self.task = None
+        # A log file or CI never sees a live bar redraw: print a plain line every ~5 % instead.
+        self.plain_every = None if progress.console.is_terminal else 1
+
+    def on_message(self, message: str) -> None:
+        self.progress.console.print(f"[dim]{escape(message)}[/]")
+
+    def on_validated(self, report) -> None:
+        self.progress.console.print(f"[dim]{escape(report.path)}: {len(report.tokenized)} examples, "
+                                    f"{len(report.warnings)} warning(s)[/]")
+
+    def on_start(self, total_steps: int, start_step: int) -> None:
+        self.task = self.progress.add_task("training", total=total_steps, completed=start_step,
+                                           loss=float("nan"), tps=0.0, epoch=1)
+        if self.plain_every:
+            self.plain_every = max(1, total_steps // 20)
+
+    def on_step(self, m: dict) -> None:
+        self.progress.update(self.task, completed=m["step"], loss=m["train_loss"],
+                             tps=m["tokens_per_second"], epoch=m["epoch"])
+        if self.plain_every and (m["step"] % self.plain_every == 0 or m["step"] == m["total_steps"]):
+            self.progress.console.print(f"step {m['step']}/{m['total_steps']} epoch {m['epoch']} "
+                                        f"loss {m['train_loss']:.4f} {m['tokens_per_second']:.0f} tok/s")
+
+    def on_checkpoint(self, ckpt) -> None:
+        valid = ckpt.metrics.get("valid_loss")
+        extra = f", valid loss {valid:.4f}" if valid is not None else ""
+        self.progress.console.print(f"epoch {ckpt.epoch}: step {ckpt.step}, train loss "
+                                    f"{ckpt.metrics['train_loss']:.4f}{extra} → checkpoint {ckpt.path.name}")
+
+
+@app.command()
+@friendly_errors
+def train(
+    file: Annotated[Path, typer.Argument(help="JSONL training file.")],
+    validation: Annotated[Optional[Path], typer.Option(help="JSONL validation file.")] = None,
+    model: ModelOpt = get_settings().default_model,
+    method: Annotated[str, typer.Option(help="lora or full.")] = "lora",
+    epochs: Annotated[str, typer.Option(help="Number or auto.")] = "auto",
+    batch_size: Annotated[str, typer.Option(help="Number or auto.")] = "auto",
+    learning_rate_multiplier: Annotated[str, typer.Option(help="Number or auto.")] = "auto",
+    suffix: Annotated[Optional[str], typer.Option(help="Up to 64 characters, part of the model name.")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Seed; same seed, same result.")] = None,
+    max_length: Annotated[int, typer.Option(help="Examples longer than this are truncated.")] = 2048,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object with the result.")] = False,
+) -> None:
+    """Fine-tune a model; prints the new model id (ft:…)."""
+    from tunesmith.train.run import TrainSpec, run_job
+
+    spec = TrainSpec(file, validation, model, method, epochs, batch_size, learning_rate_multiplier,
+                     suffix, seed, max_length)
+    stop = _StopOnInterrupt()
+    progress = Progress(TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
+                        TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("{task.fields[tps]:.0f} tok/s"),
+                        TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=err)
+    with progress, stop:
+        result = run_job(spec, _ProgressReporter(progress), stop_requested=stop)
+    if as_json:
+        out.print_json(json.dumps(result.as_dict()))
+    elif result.status == "stopped":
+        err.print(f"Stopped at step {result.metrics.get('step')}; last checkpoint: {result.last_checkpoint}")
+    else:
+        err.print(f"Done in {result.seconds:.0f} s: {result.trained_tokens:,} trained tokens. Model:")
+        out.print(result.fine_tuned_model, highlight=False)
+    if result.status == "stopped":
+        raise typer.Exit(130)
+
+
+class _StopOnInterrupt:
+    """First Ctrl-C asks the loop to stop after the current step; a second one aborts."""
+
+    def __init__(self):
+        self.requested = False
+
+    def __call__(self) -> bool:
+        return self.requested
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        err.print("[yellow]Stopping after this step and saving a checkpoint (Ctrl-C again to abort)…[/]")
+
+    def __enter__(self):
+        self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        signal.signal(signal.SIGINT, self._previous)
+
+
+@app.command()
+@friendly_errors
+def chat(
+    model: Annotated[str, typer.Argument(help="Base model name or ft: model / checkpoint id.")],
+    message: Annotated[Optional[str], typer.Option("-m", "--message", help="Answer once and print only the reply.")] = None,
+    system: Annotated[Optional[str], typer.Option(help="System prompt.")] = None,
+    temperature: Annotated[float, typer.Option(help="0 = greedy.")] = 0.0,
+    max_tokens: Annotated[int, typer.Option(help="Longest reply, in tokens.")] = 256,
+) -> None:
+    """Chat with a model: one answer with -m, else an interactive multi-turn chat."""
+    from tunesmith.models import finetuned
+    from tunesmith.serve.engine import Engine, Sampling
+
+    base = finetuned.resolve(model).base
+    engine = Engine(base, status=lambda m: err.print(f"[dim]{m}[/]"))
+    sampling = Sampling(max_tokens=max_tokens, temperature=temperature)
+    history = [{"role": "system", "content": system}] if system else []
+    if message is not None:
+        print(engine.generate(model, [history + [{"role": "user", "content": message}]], sampling)[0])
+        return
+    err.print(f"Chatting with [bold]{escape(model)}[/]. /reset clears the conversation, /exit or Ctrl-D quits.")
+    while True:
+        try:
+            text = input("you> ")
+        except (EOFError, KeyboardInterrupt):
+            err.print()
+            return
+        if text.strip() in ("/exit", "/quit"):
+            return
+        if text.strip() == "/reset":
+            history = history[:1] if system else []
+            continue
+        history.append({"role": "user", "content": text})
+        reply = ""
+        sys.stdout.write("assistant> ")
+        for piece in engine.stream(model, history, sampling):
+            reply += piece
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+        history.append({"role": "assistant", "content": reply})
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,75 @@
+""""auto" hyperparameters and the learning-rate schedule.
+
+Epochs follow OpenAI's published rule (cookbook: target 3 epochs, at least ~100 example passes,
+at most ~25k). OpenAI does not publish its batch-size or learning-rate rules; ours aim at about
+40 optimizer steps per epoch and a base learning rate per method that a multiplier scales.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+from tunesmith.data.validate import MIN_EXAMPLES
+from tunesmith.errors import TunesmithError
+
+BASE_LEARNING_RATE = {"lora": 1e-3, "full": 3e-5}
+WARMUP_FRACTION = 0.1
+
+
+@dataclass(frozen=True)
+class Hyperparameters:
+    n_epochs: int
+    batch_size: int
+    learning_rate_multiplier: float
+    learning_rate: float
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def auto_epochs(n_examples: int) -> int:
+    if n_examples * 3 < 100:
+        return min(25, 100 // n_examples)
+    if n_examples * 3 > 25_000:
+        return max(1, 25_000 // n_examples)
+    return 3
+
+
+def auto_batch_size(n_examples: int) -> int:
+    return int(min(256, max(1, 2 ** round(math.log2(n_examples / 40)))))
+
+
+def _parse(value, name: str, cast, minimum):
+    if value is None or value == "auto":
+        return None
+    try:
+        parsed = cast(value)
+    except (TypeError, ValueError):
+        raise TunesmithError(f"{name} must be a number or \"auto\", got {value!r}") from None
+    if parsed < minimum or (isinstance(parsed, float) and not math.isfinite(parsed)):
+        raise TunesmithError(f"{name} must be at least {minimum}, got {value!r}")
+    return parsed
+
+
+def resolve(n_examples: int, method: str, n_epochs="auto", batch_size="auto",
+            learning_rate_multiplier="auto") -> Hyperparameters:
+    """Turn user values (numbers, numeric strings or "auto") into concrete hyperparameters."""
+    if n_examples < MIN_EXAMPLES:
+        raise TunesmithError(f"at least {MIN_EXAMPLES} training examples are required, got {n_examples}")
+    epochs = _parse(n_epochs, "n_epochs", int, 1) or auto_epochs(n_examples)
+    batch = _parse(batch_size, "batch_size", int, 1) or auto_batch_size(n_examples)
+    mult = _parse(learning_rate_multiplier, "learning_rate_multiplier", float, 1e-6) or 1.0
+    return Hyperparameters(epochs, min(batch, n_examples), mult, BASE_LEARNING_RATE[method] * mult)
+
+
+def lr_lambda(total_steps: int):
+    """Linear warm-up over the first 10 % of steps, then linear decay to zero."""
+    warmup = max(1, int(total_steps * WARMUP_FRACTION))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+
+    return factor

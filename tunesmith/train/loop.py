@@ -1,0 +1,158 @@
+"""The one training loop: steps, validation, per-epoch checkpoints, clean stop, resume.
+
+It knows nothing of files, databases or terminals: progress goes to a ``Reporter`` and a stop is
+asked through ``stop_requested`` (checked between optimizer steps, so a stop never leaves a
+half-applied update). A checkpoint holds everything needed to continue bit-for-bit: trained
+weights, optimizer, schedule, step and RNG state; the data order is a function of (seed, epoch).
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import torch
+
+from tunesmith.data.batching import DEFAULT_MICRO_BATCH_TOKENS, collate, epoch_order, micro_batches
+from tunesmith.data.tokenize import Tokenized
+from tunesmith.train.hyper import lr_lambda
+from tunesmith.train.losses import sft_loss
+
+STATE_FILE = "trainer_state.pt"
+
+
+@dataclass
+class LoopConfig:
+    n_epochs: int
+    batch_size: int
+    learning_rate: float
+    seed: int
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    micro_batch_tokens: int = DEFAULT_MICRO_BATCH_TOKENS
+
+
+@dataclass
+class Checkpoint:
+    step: int
+    epoch: int
+    path: Path
+    metrics: dict[str, float]
+
+
+@dataclass
+class LoopResult:
+    completed: bool  # False: stopped on request before the last step
+    step: int
+    trained_tokens: int
+    metrics: dict[str, float]
+    checkpoints: list[Checkpoint] = field(default_factory=list)
+
+
+class Reporter(Protocol):
+    def on_start(self, total_steps: int, start_step: int) -> None: ...
+    def on_step(self, metrics: dict[str, float]) -> None: ...
+    def on_checkpoint(self, checkpoint: Checkpoint) -> None: ...
+
+
+def train(model, train_set: list[Tokenized], cfg: LoopConfig, checkpoint_dir: Path, reporter: Reporter,
+          pad_id: int, valid_set: list[Tokenized] | None = None, resume_from: Path | None = None,
+          stop_requested: Callable[[], bool] = lambda: False) -> LoopResult:
+    lengths = [t.n_tokens for t in train_set]
+    steps_per_epoch = len(epoch_order(len(train_set), cfg.batch_size, cfg.seed, 0))
+    total_steps = steps_per_epoch * cfg.n_epochs
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(total_steps))
+
+    step, trained_tokens, checkpoints = 0, 0, []
+    torch.manual_seed(cfg.seed)
+    if resume_from is not None:
+        state = torch.load(resume_from / STATE_FILE, weights_only=False)
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        torch.set_rng_state(state["rng"])
+        step, trained_tokens = state["step"], state["trained_tokens"]
+        checkpoints = [Checkpoint(c["step"], c["epoch"], Path(c["path"]), c["metrics"])
+                       for c in state["checkpoints"]]
+
+    reporter.on_start(total_steps, step)
+    model.train()
+    started, tokens_seen, metrics = time.perf_counter(), 0, {}
+    for epoch in range(step // steps_per_epoch, cfg.n_epochs):
+        order = epoch_order(len(train_set), cfg.batch_size, cfg.seed, epoch)
+        for indices in order[step - epoch * steps_per_epoch :]:
+            n_trained = sum(train_set[i].n_trained for i in indices)
+            loss_sum, correct = 0.0, 0
+            for group in micro_batches(indices, lengths, cfg.micro_batch_tokens):
+                batch = collate([train_set[i] for i in group], pad_id)
+                loss, n_correct, _ = sft_loss(model, batch)
+                (loss / n_trained).backward()
+                loss_sum += float(loss.detach())
+                correct += n_correct
+                tokens_seen += batch.n_tokens
+            torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+            optimizer.step()
+            schedule.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            trained_tokens += sum(lengths[i] for i in indices)
+            elapsed = time.perf_counter() - started
+            metrics = {"step": step, "total_steps": total_steps, "epoch": epoch + 1,
+                       "train_loss": loss_sum / n_trained, "train_mean_token_accuracy": correct / n_trained,
+                       "learning_rate": schedule.get_last_lr()[0], "tokens_per_second": tokens_seen / elapsed}
+            reporter.on_step(metrics)
+            if stop_requested() and step % steps_per_epoch:
+                _save(model, optimizer, schedule, checkpoint_dir, step, epoch + 1, metrics,
+                      trained_tokens, checkpoints, reporter, keep=False)
+                return LoopResult(False, step, trained_tokens, metrics, checkpoints)
+        if valid_set:
+            metrics.update(evaluate(model, valid_set, pad_id, cfg.micro_batch_tokens))
+            model.train()
+        _save(model, optimizer, schedule, checkpoint_dir, step, epoch + 1, metrics, trained_tokens,
+              checkpoints, reporter, keep=True)
+        if stop_requested() and step < total_steps:
+            return LoopResult(False, step, trained_tokens, metrics, checkpoints)
+    return LoopResult(True, step, trained_tokens, metrics, checkpoints)
+
+
+def _save(model, optimizer, schedule, checkpoint_dir: Path, step: int, epoch: int, metrics: dict,
+          trained_tokens: int, checkpoints: list[Checkpoint], reporter: Reporter, keep: bool) -> None:
+    """Write a checkpoint; only the newest keeps the (large) optimizer state needed to resume.
+
+    ``keep=False`` marks a stop checkpoint: resumable, but not listed as a per-epoch checkpoint."""
+    path = checkpoint_dir / f"step-{step:06d}"
+    tmp = path.with_name(path.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    ckpt = Checkpoint(step, epoch, path, {k: float(v) for k, v in metrics.items()})
+    listed = checkpoints + [ckpt] if keep else checkpoints
+    torch.save({"optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
+                "rng": torch.get_rng_state(), "step": step, "trained_tokens": trained_tokens,
+                "checkpoints": [{"step": c.step, "epoch": c.epoch, "path": str(c.path), "metrics": c.metrics}
+                                for c in listed]}, tmp / STATE_FILE)
+    shutil.rmtree(path, ignore_errors=True)
+    tmp.rename(path)
+    for older in checkpoint_dir.glob(f"step-*/{STATE_FILE}"):
+        if older.parent != path:
+            older.unlink()
+    if keep:
+        checkpoints.append(ckpt)
+        reporter.on_checkpoint(ckpt)
+
+
+@torch.no_grad()
+def evaluate(model, dataset: list[Tokenized], pad_id: int,
+             micro_batch_tokens: int = DEFAULT_MICRO_BATCH_TOKENS) -> dict[str, float]:
+    """Mean loss and token accuracy over the trained tokens of a dataset."""
+    model.eval()
+    lengths = [t.n_tokens for t in dataset]
+    loss_sum, correct, total = 0.0, 0, 0
+    for group in micro_batches(list(range(len(dataset))), lengths, micro_batch_tokens):
+        loss, n_correct, n = sft_loss(model, collate([dataset[i] for i in group], pad_id))
+        loss_sum, correct, total = loss_sum + float(loss), correct + n_correct, total + n
+    return {"valid_loss": loss_sum / max(total, 1), "valid_mean_token_accuracy": correct / max(total, 1)}

@@ -1,0 +1,150 @@
+"""One fine-tuning job: validate the data, build the model, run the loop, register the result."""
+
+from __future__ import annotations
+
+import random
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from tunesmith.config import Settings, enforce_offline, get_settings
+from tunesmith.data.validate import DEFAULT_MAX_LENGTH, Report, validate_file
+from tunesmith.errors import TunesmithError
+from tunesmith.models import finetuned
+from tunesmith.models.loading import BaseInfo, ensure_cached, load_model, load_renderer
+from tunesmith.train import hyper, loop
+
+METHODS = ("lora", "full")
+
+
+@dataclass
+class TrainSpec:
+    training_file: Path
+    validation_file: Path | None = None
+    model: str = "smollm2-135m-instruct"
+    method: str = "lora"
+    n_epochs: int | str = "auto"
+    batch_size: int | str = "auto"
+    learning_rate_multiplier: float | str = "auto"
+    suffix: str | None = None
+    seed: int | None = None
+    max_length: int = DEFAULT_MAX_LENGTH
+    lora_r: int = 16
+    lora_alpha: int = 32
+    # Dropout on the input of every adapted layer costs ~35 % of step time on CPU (measured).
+    lora_dropout: float = 0.0
+
+
+@dataclass
+class JobResult:
+    job_id: str
+    status: str  # succeeded | stopped
+    fine_tuned_model: str | None
+    trained_tokens: int
+    seed: int
+    hyperparameters: dict
+    metrics: dict[str, float]
+    checkpoints: list[str] = field(default_factory=list)
+    last_checkpoint: str | None = None
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+class JobReporter(loop.Reporter):
+    """The loop's reporter plus the job-level moments before training starts."""
+
+    def on_message(self, message: str) -> None: ...
+    def on_validated(self, report: Report) -> None: ...
+
+
+def check_spec(spec: TrainSpec) -> None:
+    if spec.method not in METHODS:
+        raise TunesmithError(f"unknown method {spec.method!r}; expected one of {', '.join(METHODS)}")
+    if spec.suffix is not None and (len(spec.suffix) > 64 or ":" in spec.suffix):
+        raise TunesmithError("suffix must be at most 64 characters and contain no ':'")
+    if spec.max_length < 16:
+        raise TunesmithError("max_length must be at least 16 tokens")
+
+
+def _validated(path: Path, renderer, max_length: int, reporter: JobReporter) -> Report:
+    report = validate_file(path, renderer, max_length)
+    reporter.on_validated(report)
+    report.raise_for_errors()
+    return report
+
+
+def run_job(spec: TrainSpec, reporter: JobReporter, settings: Settings | None = None,
+            stop_requested: Callable[[], bool] = lambda: False) -> JobResult:
+    enforce_offline()
+    check_spec(spec)
+    settings = settings or get_settings()
+    started = time.perf_counter()
+    start = finetuned.resolve(spec.model, settings)
+    if start.weights is not None and start.method != spec.method:
+        raise TunesmithError(f"{spec.model} was tuned with method {start.method}; continue it with the "
+                             "same method")
+    info = ensure_cached(start.base, settings, status=reporter.on_message)
+    renderer = load_renderer(info)
+    train_report = _validated(spec.training_file, renderer, spec.max_length, reporter)
+    valid_set = None
+    if spec.validation_file:
+        valid_set = _validated(spec.validation_file, renderer, spec.max_length, reporter).tokenized
+    hp = hyper.resolve(len(train_report.tokenized), spec.method, spec.n_epochs, spec.batch_size,
+                       spec.learning_rate_multiplier)
+    seed = spec.seed if spec.seed is not None else random.randrange(2**31)
+
+    torch.set_num_threads(settings.threads)
+    torch.manual_seed(seed)
+    model = _build_model(info, start.weights, spec)
+
+    job_id = f"ftjob-{finetuned.new_id(24)}"
+    job_dir = settings.jobs_dir / job_id
+    reporter.on_message(f"Job {job_id}: {len(train_report.tokenized)} examples, {hp.n_epochs} epochs, "
+                        f"batch size {hp.batch_size}, learning rate {hp.learning_rate:.2e}, seed {seed}")
+    cfg = loop.LoopConfig(hp.n_epochs, hp.batch_size, hp.learning_rate, seed)
+    result = loop.train(model, train_report.tokenized, cfg, job_dir / "checkpoints", reporter,
+                        pad_id=renderer.tokenizer.pad_token_id, valid_set=valid_set,
+                        stop_requested=stop_requested)
+    outcome = JobResult(job_id, "succeeded" if result.completed else "stopped", None, result.trained_tokens,
+                        seed, hp.as_dict(), result.metrics, seconds=time.perf_counter() - started)
+    last = max(job_dir.glob("checkpoints/step-*"), default=None)
+    outcome.last_checkpoint = str(last) if last else None
+    if not result.completed:
+        return outcome
+
+    short_id = finetuned.new_id()
+    name = finetuned.model_name(info.name, settings.org, spec.suffix, short_id)
+    final_dir = job_dir / "model"
+    shutil.copytree(result.checkpoints[-1].path, final_dir, ignore=shutil.ignore_patterns(loop.STATE_FILE))
+    finetuned.save(finetuned.FineTunedModel(
+        id=short_id, name=name, base=info.name, job_id=job_id, method=spec.method,
+        format=train_report.format or "chat", path=str(final_dir), created_at=int(time.time()),
+        trained_tokens=result.trained_tokens, metrics=result.metrics,
+        checkpoints={c.step: str(c.path) for c in result.checkpoints}), settings)
+    outcome.fine_tuned_model = name
+    outcome.checkpoints = [f"{name}:ckpt-step-{c.step}" for c in result.checkpoints]
+    outcome.seconds = time.perf_counter() - started
+    return outcome
+
+
+def _build_model(info: BaseInfo, previous: Path | None, spec: TrainSpec):
+    if spec.method == "full":
+        return load_model(BaseInfo(info.name, previous, info.end_of_turn) if previous else info)
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    base = load_model(info)
+    if previous is not None:
+        return PeftModel.from_pretrained(base, previous, is_trainable=True)
+    config = LoraConfig(
+        r=spec.lora_r, lora_alpha=spec.lora_alpha, lora_dropout=spec.lora_dropout,
+        target_modules="all-linear", task_type="CAUSAL_LM",
+        # Tokens we added for the chat template start untrained; train just their rows.
+        trainable_token_indices={"embed_tokens": info.added_token_ids} if info.added_token_ids else None,
+    )
+    return get_peft_model(base, config)
