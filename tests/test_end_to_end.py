@@ -2,6 +2,7 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -74,3 +75,26 @@ def test_unknown_model_lists_known_ones(json_data):
     result = CliRunner().invoke(app, ["train", str(json_data / "train.jsonl"), "--model", "gpt-9"])
     assert result.exit_code == 1
     assert "unknown base model 'gpt-9'; known models: smollm2-135m-instruct, gemma-3-270m" in result.output
+
+
+def test_ctrl_c_stops_cleanly_and_keeps_a_resumable_checkpoint(json_data, tmp_path):
+    home = Path(os.environ["TUNESMITH_HOME"])
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "tunesmith.cli", "train", str(json_data / "train.jsonl"),
+                             "--epochs", "1", "--batch-size", "1", "--seed", "5"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    job_id = None
+    for line in proc.stderr:  # not a terminal: plain progress lines
+        if line.startswith("Job "):
+            job_id = line.split()[1].rstrip(":")
+        if line.startswith("step "):
+            proc.send_signal(signal.SIGINT)
+            break
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, err
+    assert "Stopped at step" in err and "Traceback" not in err
+    step = int(err.split("Stopped at step ")[1].split(";")[0])
+    checkpoint = home / "jobs" / job_id / "checkpoints" / f"step-{step:06d}"
+    assert (checkpoint / "adapter_model.safetensors").exists()
+    assert (checkpoint / "trainer_state.pt").exists()
+    assert out == ""  # no model was registered

@@ -119,11 +119,11 @@ def _print_report(report, console: Console, hp=None) -> None:
     console.print(f"[bold]{escape(report.path)}[/]: format {report.format or 'unknown'}, "
                   f"{len(report.examples)} usable examples")
     for p in report.errors[:100]:
-        console.print(f"  [red]error[/]   {escape(str(p))}")
+        console.print(f"  [red]error[/]   {escape(str(p))}", soft_wrap=True)
     if len(report.errors) > 100:
         console.print(f"  [red]… and {len(report.errors) - 100} more errors[/]")
     for p in report.warnings[:30]:
-        console.print(f"  [yellow]warning[/] {escape(str(p))}")
+        console.print(f"  [yellow]warning[/] {escape(str(p))}", soft_wrap=True)
     if len(report.warnings) > 30:
         console.print(f"  [yellow]… and {len(report.warnings) - 30} more warnings[/]")
     if report.tokens:
@@ -157,6 +157,10 @@ class _ProgressReporter:
     def on_validated(self, report) -> None:
         self.progress.console.print(f"[dim]{escape(report.path)}: {len(report.tokenized)} examples, "
                                     f"{len(report.warnings)} warning(s)[/]")
+        for problem in report.warnings[:5]:
+            self.progress.console.print(f"  [yellow]warning[/] {escape(str(problem))}")
+        if len(report.warnings) > 5:
+            self.progress.console.print(f"  [yellow]… {len(report.warnings) - 5} more: see `tunesmith validate`[/]")
 
     def on_start(self, total_steps: int, start_step: int) -> None:
         self.task = self.progress.add_task("training", total=total_steps, completed=start_step,

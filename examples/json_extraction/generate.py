@@ -1,7 +1,9 @@
 """Generate the JSON-extraction dataset: order messages → JSON with fixed keys.
 
 Training and held-out lines draw from disjoint pools of names, cities, products, quantities and
-phrasings, so held-out accuracy measures generalisation, not memory.
+phrasings, so held-out accuracy measures generalisation, not memory. Training values are
+synthesised (syllable-built names and places, adjective + noun products), so almost every line
+has values the model has not seen before: it must learn to copy, not to recall a short list.
 
     python examples/json_extraction/generate.py --out data/json --train 300 --heldout 100
 """
@@ -16,36 +18,75 @@ from pathlib import Path
 SYSTEM = ('Extract the order from the customer message. Reply with JSON only, with exactly the keys '
           '"name", "city", "product" and "quantity" (an integer).')
 
-FIRST = {
-    "train": ["Alice", "Bruno", "Chloe", "Dmitri", "Elena", "Farid", "Greta", "Hiro", "Ines", "Jonas",
+CONSONANTS = "bcdfghjklmnprstvwxz"
+VOWELS = "aeiouy"
+ADJECTIVES = ["red", "compact", "large", "wooden", "steel", "folding", "portable", "electric", "glass",
+              "bamboo", "leather", "mini", "cotton", "silver", "waterproof", "ceramic"]
+NOUNS = ["lamp", "chair", "grinder", "mat", "bottle", "bookshelf", "mixer", "jacket", "stand",
+         "blanket", "stove", "kettle", "desk", "helmet", "hose", "sleeve", "frame", "clock", "basket",
+         "speaker", "mug", "tray", "bench", "umbrella", "backpack", "candle", "phone", "coffee", "garden",
+         "bike", "laptop", "picture", "wall", "camping", "yoga", "water", "tea", "knife", "spice"]
+SECOND_NOUNS = ["holder", "kit", "case", "cover", "stand", "box", "organizer", "tray", "grinder", "mat"]
+# Real names and places for half of the training lines (none of them appear in HELDOUT).
+REAL_FIRST = ["Alice", "Bruno", "Chloe", "Dmitri", "Elena", "Farid", "Greta", "Hiro", "Ines", "Jonas",
               "Kofi", "Lena", "Mateo", "Nadia", "Oscar", "Priya", "Quentin", "Rosa", "Sven", "Tariq",
-              "Uma", "Victor", "Wanda", "Xavier", "Yara", "Zoltan", "Amara", "Bilal", "Carmen", "Diego"],
-    "heldout": ["Anouk", "Bartek", "Celine", "Dariusz", "Esme", "Florin", "Gwen", "Henrik", "Ilse",
-                "Jovan", "Kirsi", "Luca", "Maren", "Nikos", "Olga", "Pavel", "Renata", "Soren"],
-}
-LAST = {
-    "train": ["Martin", "Rossi", "Nakamura", "Okafor", "Schmidt", "Dubois", "Kowalski", "Silva",
-              "Hansen", "Novak", "Patel", "Moreau", "Fischer", "Costa", "Lindqvist", "Haddad"],
-    "heldout": ["Varga", "Eriksen", "Petrov", "Almeida", "Brandt", "Quispe", "Tanaka", "Mbeki",
-                "Horvat", "Castell"],
-}
-CITY = {
-    "train": ["Lyon", "Porto", "Munich", "Krakow", "Osaka", "Lagos", "Denver", "Quebec", "Leeds",
-              "Turin", "Bergen", "Seville", "Utrecht", "Ghent", "Tampere", "Brno", "Cork", "Basel"],
-    "heldout": ["Graz", "Malmo", "Bilbao", "Aarhus", "Rouen", "Gdansk", "Kyoto", "Perth",
-                "Halifax", "Verona", "Tartu", "Split"],
-}
-PRODUCT = {
-    "train": ["desk lamp", "office chair", "coffee grinder", "yoga mat", "water bottle", "bookshelf",
-              "hand mixer", "rain jacket", "phone stand", "wool blanket", "camping stove", "tea kettle",
-              "standing desk", "bike helmet", "garden hose", "laptop sleeve", "picture frame", "wall clock"],
-    "heldout": ["table fan", "steam iron", "travel pillow", "chess set", "flower pot", "shoe rack",
+              "Uma", "Victor", "Wanda", "Xavier", "Yara", "Zoltan", "Amara", "Bilal", "Carmen", "Diego",
+              "Emil", "Fatima", "Gustav", "Hana", "Igor", "Julia", "Kenji", "Leila", "Marco", "Noor"]
+REAL_LAST = ["Martin", "Rossi", "Nakamura", "Okafor", "Schmidt", "Dubois", "Kowalski", "Silva",
+             "Hansen", "Novak", "Patel", "Moreau", "Fischer", "Costa", "Lindqvist", "Haddad", "Ivanova",
+             "Jensen", "Keller", "Lopez", "Meyer", "Nilsen", "Oliveira", "Pereira", "Romano", "Sato"]
+REAL_CITY = ["Lyon", "Porto", "Munich", "Krakow", "Osaka", "Lagos", "Denver", "Quebec", "Leeds", "Turin",
+             "Bergen", "Seville", "Utrecht", "Ghent", "Tampere", "Brno", "Cork", "Basel", "Nantes",
+             "Dresden", "Lisbon", "Oslo", "Riga", "Sofia", "Toledo", "Valencia", "Zagreb", "Bristol"]
+HELDOUT = {
+    "first": ["Anouk", "Bartek", "Celine", "Dariusz", "Esme", "Florin", "Gwen", "Henrik", "Ilse",
+              "Jovan", "Kirsi", "Luca", "Maren", "Nikos", "Olga", "Pavel", "Renata", "Soren"],
+    "last": ["Varga", "Eriksen", "Petrov", "Almeida", "Brandt", "Quispe", "Tanaka", "Mbeki",
+             "Horvat", "Castell"],
+    "city": ["Graz", "Malmo", "Bilbao", "Aarhus", "Rouen", "Gdansk", "Kyoto", "Perth",
+             "Halifax", "Verona", "Tartu", "Split"],
+    "product": ["table fan", "steam iron", "travel pillow", "chess set", "flower pot", "shoe rack",
                 "toaster", "sleeping bag", "cutting board", "floor rug", "night light", "sun hat"],
+    "quantity": [9, 11, 14, 16, 18, 30, 40],
 }
-QUANTITY = {
-    "train": [1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 15, 20, 25],
-    "heldout": [9, 11, 14, 16, 18, 30, 40],
-}
+HELDOUT_WORDS = {w.lower() for values in HELDOUT.values() for v in values for w in str(v).split()}
+
+
+def _word(rng: random.Random, syllables: int) -> str:
+    """A pronounceable made-up word: varied tokens, so the model learns to copy any name."""
+    while True:
+        word = "".join(rng.choice(CONSONANTS) + rng.choice(VOWELS) for _ in range(syllables))
+        if rng.random() < 0.4:
+            word += rng.choice(CONSONANTS)
+        if word not in HELDOUT_WORDS:
+            return word.capitalize()
+
+
+def _product(rng: random.Random) -> str:
+    shape = rng.randrange(4)
+    if shape == 0:
+        return rng.choice(NOUNS)
+    if shape == 1:
+        return f"{rng.choice(ADJECTIVES)} {rng.choice(NOUNS)}"
+    if shape == 2:
+        return f"{rng.choice(NOUNS)} {rng.choice(SECOND_NOUNS)}"
+    return f"{rng.choice(ADJECTIVES)} {rng.choice(NOUNS)} {rng.choice(SECOND_NOUNS)}"
+
+
+def values(split: str, rng: random.Random) -> dict:
+    if split == "heldout":
+        return {"name": f"{rng.choice(HELDOUT['first'])} {rng.choice(HELDOUT['last'])}",
+                "city": rng.choice(HELDOUT["city"]), "product": rng.choice(HELDOUT["product"]),
+                "quantity": rng.choice(HELDOUT["quantity"])}
+    quantity = rng.choice([q for q in range(1, 60) if q not in HELDOUT["quantity"]])
+    if rng.random() < 0.5:
+        name, city = f"{rng.choice(REAL_FIRST)} {rng.choice(REAL_LAST)}", rng.choice(REAL_CITY)
+    else:
+        name = f"{_word(rng, rng.randint(1, 3))} {_word(rng, rng.randint(2, 4))}"
+        city = _word(rng, rng.randint(2, 3))
+    return {"name": name, "city": city, "product": _product(rng), "quantity": quantity}
+
+
 # Training phrasings are built from clauses in random combinations (thousands of shapes);
 # held-out phrasings are whole sentences whose wording appears nowhere in training.
 GREETINGS = ["", "Hi,", "Hello!", "Good morning,", "Hey there,", "Dear team,", "Hi again,"]
@@ -64,6 +105,11 @@ TRAIN_SHAPES = [
     "New order - {name} / {city} / {product} / qty {q}",
     "{greet} {what}. Name: {name}. City: {city}.",
     "{who} {where}: {what}.",
+    "Hello from {city}! {who}, and {what}.",
+    "{city} office here. {who}; {what}.",
+    "Shipping to {city} please. {what}. Thanks, {name}.",
+    "From {city}: {what}. Signed, {name}.",
+    "{city} branch, {name}: {what}.",
 ]
 HELDOUT_TEMPLATES = [
     "Dear shop, my name is {name} and I am based in {city}. I wish to purchase {q} units of {product}.",
@@ -88,12 +134,7 @@ def phrase(split: str, fields: dict, rng: random.Random) -> str:
 def make(split: str, n: int, rng: random.Random) -> list[dict]:
     rows = []
     for _ in range(n):
-        fields = {
-            "name": f"{rng.choice(FIRST[split])} {rng.choice(LAST[split])}",
-            "city": rng.choice(CITY[split]),
-            "product": rng.choice(PRODUCT[split]),
-            "quantity": rng.choice(QUANTITY[split]),
-        }
+        fields = values(split, rng)
         text = phrase(split, fields, rng)
         rows.append({"messages": [
             {"role": "system", "content": SYSTEM},

@@ -81,6 +81,8 @@ class Engine:
     def _generate_kwargs(self, sampling: Sampling) -> dict:
         kwargs = {"max_new_tokens": sampling.max_tokens, "eos_token_id": self._stop_ids,
                   "pad_token_id": self.tokenizer.pad_token_id, "do_sample": sampling.temperature > 0}
+        if sampling.stop:  # stops generating at once; the stop text itself is cut off by _cut
+            kwargs.update(stop_strings=list(sampling.stop), tokenizer=self.tokenizer)
         if sampling.temperature > 0:
             kwargs.update(temperature=sampling.temperature, top_p=sampling.top_p, top_k=0)
             if sampling.seed is not None:

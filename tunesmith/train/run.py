@@ -72,8 +72,8 @@ def check_spec(spec: TrainSpec) -> None:
         raise TunesmithError("max_length must be at least 16 tokens")
 
 
-def _validated(path: Path, renderer, max_length: int, reporter: JobReporter) -> Report:
-    report = validate_file(path, renderer, max_length)
+def _validated(path: Path, renderer, max_length: int, reporter: JobReporter, min_examples: int) -> Report:
+    report = validate_file(path, renderer, max_length, min_examples)
     reporter.on_validated(report)
     report.raise_for_errors()
     return report
@@ -91,10 +91,10 @@ def run_job(spec: TrainSpec, reporter: JobReporter, settings: Settings | None = 
                              "same method")
     info = ensure_cached(start.base, settings, status=reporter.on_message)
     renderer = load_renderer(info)
-    train_report = _validated(spec.training_file, renderer, spec.max_length, reporter)
+    train_report = _validated(spec.training_file, renderer, spec.max_length, reporter, hyper.MIN_EXAMPLES)
     valid_set = None
     if spec.validation_file:
-        valid_set = _validated(spec.validation_file, renderer, spec.max_length, reporter).tokenized
+        valid_set = _validated(spec.validation_file, renderer, spec.max_length, reporter, 1).tokenized
     hp = hyper.resolve(len(train_report.tokenized), spec.method, spec.n_epochs, spec.batch_size,
                        spec.learning_rate_multiplier)
     seed = spec.seed if spec.seed is not None else random.randrange(2**31)
