@@ -149,7 +149,8 @@ class _ProgressReporter:
         self.progress = progress
         self.task = None
         # A log file or CI never sees a live bar redraw: print a plain line every ~5 % instead.
-        self.plain_every = None if progress.console.is_terminal else 1
+        self.plain = not progress.console.is_terminal
+        self.every = 1
 
     def on_message(self, message: str) -> None:
         self.progress.console.print(f"[dim]{escape(message)}[/]")
@@ -165,13 +166,12 @@ class _ProgressReporter:
     def on_start(self, total_steps: int, start_step: int) -> None:
         self.task = self.progress.add_task("training", total=total_steps, completed=start_step,
                                            loss=float("nan"), tps=0.0, epoch=1)
-        if self.plain_every:
-            self.plain_every = max(1, total_steps // 20)
+        self.every = max(1, total_steps // 20)
 
     def on_step(self, m: dict) -> None:
         self.progress.update(self.task, completed=m["step"], loss=m["train_loss"],
                              tps=m["tokens_per_second"], epoch=m["epoch"])
-        if self.plain_every and (m["step"] % self.plain_every == 0 or m["step"] == m["total_steps"]):
+        if self.plain and (m["step"] % self.every == 0 or m["step"] == m["total_steps"]):
             self.progress.console.print(f"step {m['step']}/{m['total_steps']} epoch {m['epoch']} "
                                         f"loss {m['train_loss']:.4f} {m['tokens_per_second']:.0f} tok/s")
 

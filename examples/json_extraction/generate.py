@@ -20,24 +20,45 @@ SYSTEM = ('Extract the order from the customer message. Reply with JSON only, wi
 
 CONSONANTS = "bcdfghjklmnprstvwxz"
 VOWELS = "aeiouy"
-ADJECTIVES = ["red", "compact", "large", "wooden", "steel", "folding", "portable", "electric", "glass",
-              "bamboo", "leather", "mini", "cotton", "silver", "waterproof", "ceramic"]
-NOUNS = ["lamp", "chair", "grinder", "mat", "bottle", "bookshelf", "mixer", "jacket", "stand",
-         "blanket", "stove", "kettle", "desk", "helmet", "hose", "sleeve", "frame", "clock", "basket",
-         "speaker", "mug", "tray", "bench", "umbrella", "backpack", "candle", "phone", "coffee", "garden",
-         "bike", "laptop", "picture", "wall", "camping", "yoga", "water", "tea", "knife", "spice"]
-SECOND_NOUNS = ["holder", "kit", "case", "cover", "stand", "box", "organizer", "tray", "grinder", "mat"]
-# Real names and places for half of the training lines (none of them appear in HELDOUT).
-REAL_FIRST = ["Alice", "Bruno", "Chloe", "Dmitri", "Elena", "Farid", "Greta", "Hiro", "Ines", "Jonas",
-              "Kofi", "Lena", "Mateo", "Nadia", "Oscar", "Priya", "Quentin", "Rosa", "Sven", "Tariq",
-              "Uma", "Victor", "Wanda", "Xavier", "Yara", "Zoltan", "Amara", "Bilal", "Carmen", "Diego",
-              "Emil", "Fatima", "Gustav", "Hana", "Igor", "Julia", "Kenji", "Leila", "Marco", "Noor"]
-REAL_LAST = ["Martin", "Rossi", "Nakamura", "Okafor", "Schmidt", "Dubois", "Kowalski", "Silva",
-             "Hansen", "Novak", "Patel", "Moreau", "Fischer", "Costa", "Lindqvist", "Haddad", "Ivanova",
-             "Jensen", "Keller", "Lopez", "Meyer", "Nilsen", "Oliveira", "Pereira", "Romano", "Sato"]
-REAL_CITY = ["Lyon", "Porto", "Munich", "Krakow", "Osaka", "Lagos", "Denver", "Quebec", "Leeds", "Turin",
-             "Bergen", "Seville", "Utrecht", "Ghent", "Tampere", "Brno", "Cork", "Basel", "Nantes",
-             "Dresden", "Lisbon", "Oslo", "Riga", "Sofia", "Toledo", "Valencia", "Zagreb", "Bristol"]
+NOUNS = """lamp chair grinder mat bottle bookshelf mixer jacket stand blanket stove kettle desk helmet hose
+sleeve frame clock basket speaker mug tray bench umbrella backpack candle phone coffee garden bike laptop
+picture wall camping yoga water tea knife spice apron bucket cabinet carpet curtain cushion drawer easel
+fork funnel glove hammer hanger jar ladder lantern locker mirror napkin notebook oven padlock pan pencil
+plate printer projector radio razor ruler saucer scarf scissors shovel sofa spoon stapler stool suitcase
+sweater tablet teapot tent thermos tile timer towel trolley vase wallet whisk wrench blender bracelet
+broom calculator camera charger compass crayon dresser faucet flashlight folder grill guitar headset
+heater keyboard kite lens magnet marker monitor mouse necklace ottoman paddle pillowcase planter poster
+puzzle quilt recorder router sandal sculpture skillet slipper sponge stereo strainer tripod trumpet
+tumbler turntable violin wok xylophone beanbag birdhouse bookend canister colander doormat drone
+hammock hourglass incense journal ketchup lunchbox microphone mop nightstand oar pedal pestle
+pitcher raincoat rolling saddle scooter skateboard snorkel sprinkler sunscreen telescope thimble
+toolbox toothbrush vacuum walker washcloth wheelbarrow windchime""".split()
+ADJECTIVES = """red compact large wooden steel folding portable electric glass bamboo leather mini cotton
+silver waterproof ceramic blue green heavy round square smart vintage modern classic deluxe
+digital manual foldable wireless rechargeable organic recycled premium basic tall slim double""".split()
+# Real names and places for most training lines (none of them appear in HELDOUT): copying a real
+# word the model already knows, rather than recalling a similar one, is the skill held-out lines test.
+REAL_FIRST = """Alice Bruno Chloe Dmitri Elena Farid Greta Hiro Ines Jonas Kofi Lena Mateo Nadia Oscar Priya
+Quentin Rosa Sven Tariq Uma Victor Wanda Xavier Yara Zoltan Amara Bilal Carmen Diego Emil Fatima Gustav
+Hana Igor Julia Kenji Leila Marco Noor Adele Boris Clara Dante Edith Felix Gloria Hugo Irene Jakob Karin
+Leon Mira Nils Oliver Paula Rafael Sara Tomas Ursula Vera Walter Yusuf Zara Agnes Bernd Cyrus Delia Enzo
+Frida Gerda Hamid Ida Jasper Klara Lorenzo Magnus Nora Otto Petra Rolf Selma Theo Ulla Vincent Wilma
+Aiko Bashir Chiara Dalia Eero Filip Hedda Ismail Jana Kasper Linnea Milan Nuno Ottilie Rania Stefan""".split()
+REAL_LAST = """Martin Rossi Nakamura Okafor Schmidt Dubois Kowalski Silva Hansen Novak Patel Moreau Fischer Costa
+Lindqvist Haddad Ivanova Jensen Keller Lopez Meyer Nilsen Oliveira Pereira Romano Sato Weber Becker
+Wagner Hoffmann Richter Klein Wolf Neumann Schulz Zimmermann Kruger Hartmann Lange Werner Krause Lehmann
+Bianchi Ricci Marino Greco Bruno Gallo Conti Mancini Garcia Fernandez Gonzalez Rodriguez Martinez Sanchez
+Ramirez Torres Flores Rivera Gomez Diaz Morales Ortiz Dupont Laurent Lefebvre Girard Bonnet Lambert
+Fontaine Rousseau Vincent Muller Suzuki Takahashi Watanabe Yamamoto Kobayashi Kato Yoshida Yamada""".split()
+REAL_CITY = """Lyon Porto Munich Krakow Osaka Lagos Denver Quebec Leeds Turin Bergen Seville Utrecht Ghent Tampere
+Brno Cork Basel Nantes Dresden Lisbon Oslo Riga Sofia Toledo Valencia Zagreb Bristol Madrid Vienna Prague
+Dublin Geneva Zurich Milan Naples Florence Genoa Bologna Hamburg Cologne Leipzig Bremen Hanover Antwerp
+Bruges Rotterdam Eindhoven Stockholm Uppsala Helsinki Espoo Tallinn Vilnius Warsaw Poznan Wroclaw Budapest
+Debrecen Bratislava Ljubljana Belgrade Bucharest Athens Istanbul Ankara Cairo Tunis Nairobi Accra Dakar
+Boston Chicago Seattle Austin Portland Toronto Ottawa Calgary Vancouver Montreal Santiago Lima Quito Bogota
+Caracas Havana Mumbai Delhi Chennai Dhaka Hanoi Manila Jakarta Seoul Busan Sapporo Nagoya Sendai Auckland
+Wellington Adelaide Brisbane Hobart Darwin Glasgow Edinburgh Cardiff Belfast Bordeaux Marseille Nice
+Grenoble Lille Strasbourg Toulouse Salzburg Innsbruck Linz Bern Lausanne Lucerne Odense Aalborg Trondheim""".split()
 HELDOUT = {
     "first": ["Anouk", "Bartek", "Celine", "Dariusz", "Esme", "Florin", "Gwen", "Henrik", "Ilse",
               "Jovan", "Kirsi", "Luca", "Maren", "Nikos", "Olga", "Pavel", "Renata", "Soren"],
@@ -63,14 +84,11 @@ def _word(rng: random.Random, syllables: int) -> str:
 
 
 def _product(rng: random.Random) -> str:
-    shape = rng.randrange(4)
-    if shape == 0:
-        return rng.choice(NOUNS)
-    if shape == 1:
-        return f"{rng.choice(ADJECTIVES)} {rng.choice(NOUNS)}"
-    if shape == 2:
-        return f"{rng.choice(NOUNS)} {rng.choice(SECOND_NOUNS)}"
-    return f"{rng.choice(ADJECTIVES)} {rng.choice(NOUNS)} {rng.choice(SECOND_NOUNS)}"
+    """One to three words: a noun, maybe a compound of two, maybe an adjective in front."""
+    words = [rng.choice(NOUNS) for _ in range(rng.choice([1, 1, 2]))]
+    if rng.random() < 0.4:
+        words.insert(0, rng.choice(ADJECTIVES))
+    return " ".join(words)
 
 
 def values(split: str, rng: random.Random) -> dict:
@@ -79,7 +97,7 @@ def values(split: str, rng: random.Random) -> dict:
                 "city": rng.choice(HELDOUT["city"]), "product": rng.choice(HELDOUT["product"]),
                 "quantity": rng.choice(HELDOUT["quantity"])}
     quantity = rng.choice([q for q in range(1, 60) if q not in HELDOUT["quantity"]])
-    if rng.random() < 0.5:
+    if rng.random() < 0.7:
         name, city = f"{rng.choice(REAL_FIRST)} {rng.choice(REAL_LAST)}", rng.choice(REAL_CITY)
     else:
         name = f"{_word(rng, rng.randint(1, 3))} {_word(rng, rng.randint(2, 4))}"

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 from tunesmith.data.validate import MIN_EXAMPLES
 from tunesmith.errors import TunesmithError
 
-BASE_LEARNING_RATE = {"lora": 1e-3, "full": 3e-5}
+BASE_LEARNING_RATE = {"lora": 5e-4, "full": 3e-5}
 WARMUP_FRACTION = 0.1
 
 
