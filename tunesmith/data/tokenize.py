@@ -1,0 +1,97 @@
+"""Render examples with the model's chat template and label only the trained assistant turns.
+
+Labels cover each trained assistant reply from its first content token through the
+end-of-turn token (so the tuned model learns to stop), and nothing else: not the system or user
+turns, not the ``<|im_start|>assistant`` header, not the newline the template puts after the turn.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from tunesmith.data.formats import COMPLETION, Example
+from tunesmith.errors import TemplateError
+
+IGNORE = -100
+
+
+@dataclass
+class Tokenized:
+    input_ids: list[int]
+    labels: list[int]
+    truncated: bool = False
+
+    @property
+    def n_tokens(self) -> int:
+        return len(self.input_ids)
+
+    @property
+    def n_trained(self) -> int:
+        return sum(1 for x in self.labels if x != IGNORE)
+
+
+class Renderer:
+    """A tokenizer with a chat template plus the token that ends an assistant turn."""
+
+    def __init__(self, tokenizer, end_of_turn: str):
+        if not tokenizer.chat_template:
+            raise TemplateError("the tokenizer has no chat template")
+        self.tokenizer = tokenizer
+        self.end_of_turn = end_of_turn
+        self.end_of_turn_id = tokenizer.convert_tokens_to_ids(end_of_turn)
+
+    def render(self, messages: list[dict[str, Any]], tools=None, generation_prompt: bool = False) -> str:
+        return self.tokenizer.apply_chat_template(
+            messages, tools=tools, tokenize=False, add_generation_prompt=generation_prompt
+        )
+
+    def trained_spans(self, example: Example) -> tuple[str, list[tuple[int, int]]]:
+        """The rendered conversation and the character span of every trained assistant reply."""
+        msgs, tools = example.messages, example.tools
+        text = self.render(msgs, tools)
+        spans = []
+        for i, msg in enumerate(msgs):
+            if msg["role"] != "assistant" or not msg.get("weight", 1):
+                continue
+            if i == 0:
+                raise TemplateError("the conversation starts with an assistant "
+                                    "reply; put a system or user message before it")
+            before = self.render(msgs[:i], tools, generation_prompt=True)
+            upto = self.render(msgs[: i + 1], tools)
+            if not (text.startswith(upto) and upto.startswith(before)):
+                raise TemplateError(
+                    "the chat template does not render this conversation "
+                    "incrementally, so assistant turns cannot be located"
+                )
+            end = upto.rfind(self.end_of_turn, len(before))
+            spans.append((len(before), end + len(self.end_of_turn) if end >= 0 else len(upto)))
+        return text, spans
+
+    def encode(self, example: Example, max_length: int) -> Tokenized:
+        if example.format == COMPLETION:
+            return self._encode_completion(example, max_length)
+        text, spans = self.trained_spans(example)
+        enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        ids = enc["input_ids"]
+        labels = [IGNORE] * len(ids)
+        for k, (start, _end) in enumerate(enc["offset_mapping"]):
+            if any(a <= start < b for a, b in spans):
+                labels[k] = ids[k]
+        return _truncate(ids, labels, max_length)
+
+    def _encode_completion(self, example: Example, max_length: int) -> Tokenized:
+        tok = self.tokenizer
+        prompt = tok(example.prompt, add_special_tokens=True)["input_ids"] if example.prompt else []
+        answer = tok(example.completion, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        return _truncate(prompt + answer, [IGNORE] * len(prompt) + answer, max_length)
+
+    def encode_prompt(self, messages: list[dict[str, Any]], tools=None) -> list[int]:
+        text = self.render(messages, tools, generation_prompt=True)
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def _truncate(ids: list[int], labels: list[int], max_length: int) -> Tokenized:
+    if len(ids) <= max_length:
+        return Tokenized(ids, labels)
+    return Tokenized(ids[:max_length], labels[:max_length], truncated=True)

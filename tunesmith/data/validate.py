@@ -1,0 +1,157 @@
+"""Check a JSONL training file the way OpenAI's data-preparation checks do.
+
+Every problem names its line and field. Errors stop training; warnings do not.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from tunesmith.data.formats import Example, Problem, parse_example
+from tunesmith.data.tokenize import Renderer, Tokenized
+from tunesmith.errors import DataError, TemplateError, TunesmithError
+
+DEFAULT_MAX_LENGTH = 2048
+MIN_EXAMPLES = 10
+
+
+@dataclass
+class Distribution:
+    min: int
+    median: float
+    p95: float
+    max: int
+    total: int
+
+    @classmethod
+    def of(cls, values: list[int]) -> "Distribution":
+        a = np.asarray(values or [0])
+        return cls(int(a.min()), float(np.median(a)), float(np.percentile(a, 95)), int(a.max()), int(a.sum()))
+
+
+@dataclass
+class Report:
+    path: str
+    format: str | None = None
+    examples: list[Example] = field(default_factory=list)
+    errors: list[Problem] = field(default_factory=list)
+    warnings: list[Problem] = field(default_factory=list)
+    tokenized: list[Tokenized] = field(default_factory=list)
+    tokens: Distribution | None = None
+    trained_tokens: Distribution | None = None
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+    def raise_for_errors(self) -> None:
+        if self.errors:
+            shown = "; ".join(str(p) for p in self.errors[:5])
+            more = f" (and {len(self.errors) - 5} more)" if len(self.errors) > 5 else ""
+            raise DataError(f"{self.path}: {shown}{more}", report=self)
+
+    def as_dict(self) -> dict:
+        return {
+            "path": self.path,
+            "format": self.format,
+            "examples": len(self.examples),
+            "errors": [asdict(p) for p in self.errors],
+            "warnings": [asdict(p) for p in self.warnings],
+            "tokens": asdict(self.tokens) if self.tokens else None,
+            "trained_tokens": asdict(self.trained_tokens) if self.trained_tokens else None,
+        }
+
+
+def read_examples(path: Path, min_examples: int = MIN_EXAMPLES) -> Report:
+    """Parse every line; structural errors only (no tokenizer needed)."""
+    report = Report(str(path))
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise TunesmithError(f"cannot read {path}: {exc.strerror}") from None
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    lines = data.split(b"\n")
+    seen_formats: dict[str, int] = {}
+    for number, raw in enumerate(lines, start=1):
+        if not raw.strip():
+            continue
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            report.errors.append(Problem(number, None, f"not valid UTF-8 (byte {exc.start + 1} of the line)"))
+            continue
+        try:
+            obj = json.loads(text)
+        except json.JSONDecodeError as exc:
+            report.errors.append(Problem(number, None, f"invalid JSON: {exc.msg} (column {exc.colno})"))
+            continue
+        example, problems = parse_example(obj, number)
+        report.errors += problems
+        if example is not None:
+            seen_formats.setdefault(example.format, number)
+            report.examples.append(example)
+    if not any(raw.strip() for raw in lines):
+        report.errors.append(Problem(None, None, "the file is empty"))
+    if len(seen_formats) > 1:
+        first = ", ".join(f"{fmt} (first at line {n})" for fmt, n in seen_formats.items())
+        report.errors.append(Problem(None, None, f"mixed formats in one file: {first}; use one format"))
+    report.format = next(iter(seen_formats), None)
+    if report.examples and len(report.examples) < min_examples:
+        report.errors.append(Problem(None, None, f"only {len(report.examples)} valid examples; "
+                                     f"at least {min_examples} are required"))
+    _warn_duplicates(report)
+    return report
+
+
+def validate_file(path: Path, renderer: Renderer | None, max_length: int = DEFAULT_MAX_LENGTH,
+                  min_examples: int = MIN_EXAMPLES) -> Report:
+    """Full check: structure, then (with a renderer) tokens and truncation."""
+    report = read_examples(path, min_examples)
+    if renderer is None or not report.examples:
+        return report
+    kept_examples = []
+    for example in report.examples:
+        try:
+            tokenized = renderer.encode(example, max_length)
+        except TemplateError as exc:
+            report.errors.append(Problem(example.line, "messages", str(exc)))
+            continue
+        if tokenized.truncated:
+            report.warnings.append(Problem(example.line, None, f"longer than max length {max_length} "
+                                           "tokens: truncated"))
+        if tokenized.n_trained == 0:
+            report.warnings.append(Problem(example.line, None, "no trained tokens left after truncation: "
+                                           "skipped"))
+            continue
+        kept_examples.append(example)
+        report.tokenized.append(tokenized)
+    report.examples = kept_examples
+    if report.format != "completion":
+        _warn_missing_system(report)
+    if report.tokenized:
+        report.tokens = Distribution.of([t.n_tokens for t in report.tokenized])
+        report.trained_tokens = Distribution.of([t.n_trained for t in report.tokenized])
+    return report
+
+
+def _warn_duplicates(report: Report) -> None:
+    first_seen: dict[str, int] = {}
+    for ex in report.examples:
+        key = json.dumps([ex.messages, ex.tools, ex.prompt, ex.completion], sort_keys=True)
+        if key in first_seen:
+            report.warnings.append(Problem(ex.line, None, f"exact duplicate of line {first_seen[key]}"))
+        else:
+            first_seen[key] = ex.line
+
+
+def _warn_missing_system(report: Report) -> None:
+    lines = [ex.line for ex in report.examples if not ex.has_system]
+    if lines:
+        shown = ", ".join(map(str, lines[:10])) + (", …" if len(lines) > 10 else "")
+        report.warnings.append(Problem(None, None, f"{len(lines)} of {len(report.examples)} examples have "
+                                       f"no system message (lines {shown}); the model's default applies"))
