@@ -41,7 +41,8 @@ def test_train_reports_model_tokens_metrics_and_checkpoints(tuned):
     assert tuned["status"] == "succeeded"
     assert tuned["fine_tuned_model"].startswith("ft:smollm2-135m-instruct:local:e2e:")
     assert tuned["hyperparameters"]["n_epochs"] == 3  # auto: 60 examples
-    assert len(tuned["checkpoints"]) == 3 and tuned["checkpoints"][0].endswith(":ckpt-step-8")
+    assert tuned["hyperparameters"]["batch_size"] == 2  # auto: 60 examples → 30 steps an epoch
+    assert len(tuned["checkpoints"]) == 3 and tuned["checkpoints"][0].endswith(":ckpt-step-30")
     assert tuned["trained_tokens"] > 60 * 3 * 80
     # A few steps on 60 examples already pull the held-out loss far below the base model's.
     assert tuned["metrics"]["valid_loss"] < 0.5
@@ -68,7 +69,8 @@ def test_chat_once_with_model_and_checkpoint(tuned):
 def test_models_lists_the_tuned_model(tuned):
     result = CliRunner().invoke(app, ["models"])
     assert result.exit_code == 0
-    assert tuned["fine_tuned_model"] in result.output.replace("\n", "")
+    assert any(tuned["fine_tuned_model"] in line for line in result.output.splitlines())  # one line, unwrapped
+    assert "ckpt-step-30" in result.output
 
 
 def test_unknown_model_lists_known_ones(json_data):

@@ -39,10 +39,10 @@ def friendly_errors(fn):
             if exc.report is not None:
                 _print_report(exc.report, err)
             else:
-                err.print(f"[red]error:[/] {escape(str(exc))}")
+                err.print(f"[red]error:[/] {escape(str(exc))}", soft_wrap=True)
             raise typer.Exit(1) from None
         except TunesmithError as exc:
-            err.print(f"[red]error:[/] {escape(str(exc))}")
+            err.print(f"[red]error:[/] {escape(str(exc))}", soft_wrap=True)
             raise typer.Exit(1) from None
 
     return wrapper
@@ -64,12 +64,12 @@ def models() -> None:
         table.add_row(m.name, "yes" if cached else "no (converted on first use)", m.description)
     out.print(table)
     tuned = finetuned.list_models(settings)
-    table = Table(title="Fine-tuned models")
-    for col in ("name", "method", "trained tokens", "checkpoints"):
-        table.add_column(col)
+    if not tuned:
+        out.print("No fine-tuned models yet: run `tunesmith train FILE`.")
+    # Plain lines, never wrapped: names are meant to be copied whole.
     for m in tuned:
-        table.add_row(m.name, m.method, str(m.trained_tokens), ", ".join(f"ckpt-step-{s}" for s in m.checkpoints))
-    out.print(table if tuned else "No fine-tuned models yet: run `tunesmith train FILE`.")
+        out.print(f"[bold]{m.name}[/]  ({m.method}, {m.trained_tokens:,} trained tokens)", soft_wrap=True)
+        out.print("  checkpoints: " + ", ".join(f"ckpt-step-{s}" for s in m.checkpoints), soft_wrap=True)
 
 
 @app.command()
