@@ -46,14 +46,12 @@ def micro_batches(indices: list[int], lengths: list[int], max_tokens: int) -> li
     Sorting by length first keeps similar lengths together, which keeps padding low."""
     groups: list[list[int]] = []
     current: list[int] = []
-    longest = 0
     for i in sorted(indices, key=lambda i: -lengths[i]):
-        longest_if_added = max(longest, lengths[i])
-        if current and longest_if_added * (len(current) + 1) > max_tokens:
+        # Longest first, so a group's padded width is the length of its first member.
+        if current and lengths[current[0]] * (len(current) + 1) > max_tokens:
             groups.append(current)
-            current, longest_if_added = [], lengths[i]
+            current = []
         current.append(i)
-        longest = longest_if_added
     if current:
         groups.append(current)
     return groups
