@@ -115,17 +115,19 @@ def _problem(message: str):
     return Problem(None, None, message)
 
 
+def _print_problems(console: Console, problems, label: str, noun: str, limit: int, more_hint: str = "") -> None:
+    """One unwrapped line per problem (greppable), at most ``limit`` of them."""
+    for p in problems[:limit]:
+        console.print(f"  {label} {escape(str(p))}", soft_wrap=True)
+    if len(problems) > limit:
+        console.print(f"  … and {len(problems) - limit} more {noun}{escape(more_hint)}")
+
+
 def _print_report(report, console: Console, hp=None) -> None:
     console.print(f"[bold]{escape(report.path)}[/]: format {report.format or 'unknown'}, "
                   f"{len(report.examples)} usable examples")
-    for p in report.errors[:100]:
-        console.print(f"  [red]error[/]   {escape(str(p))}", soft_wrap=True)
-    if len(report.errors) > 100:
-        console.print(f"  [red]… and {len(report.errors) - 100} more errors[/]")
-    for p in report.warnings[:30]:
-        console.print(f"  [yellow]warning[/] {escape(str(p))}", soft_wrap=True)
-    if len(report.warnings) > 30:
-        console.print(f"  [yellow]… and {len(report.warnings) - 30} more warnings[/]")
+    _print_problems(console, report.errors, "[red]error[/]  ", "errors", 100)
+    _print_problems(console, report.warnings, "[yellow]warning[/]", "warnings", 30)
     if report.tokens:
         table = Table(title="Tokens per example")
         for col in ("", "min", "median", "p95", "max", "total"):
@@ -158,10 +160,8 @@ class _ProgressReporter:
     def on_validated(self, report) -> None:
         self.progress.console.print(f"[dim]{escape(report.path)}: {len(report.tokenized)} examples, "
                                     f"{len(report.warnings)} warning(s)[/]")
-        for problem in report.warnings[:5]:
-            self.progress.console.print(f"  [yellow]warning[/] {escape(str(problem))}")
-        if len(report.warnings) > 5:
-            self.progress.console.print(f"  [yellow]… {len(report.warnings) - 5} more: see `tunesmith validate`[/]")
+        _print_problems(self.progress.console, report.warnings, "[yellow]warning[/]", "warnings", 5,
+                        more_hint=": see `tunesmith validate`")
 
     def on_start(self, total_steps: int, start_step: int) -> None:
         self.task = self.progress.add_task("training", total=total_steps, completed=start_step,
