@@ -44,4 +44,4 @@ def test_gemma_lora_trains_new_token_rows_and_chats(gemma_renderer, tmp_path):
     engine = Engine(GEMMA)
     reply = engine.generate(out["fine_tuned_model"], [[{"role": "user", "content": "Say the word number 3."}]],
                             Sampling(max_tokens=8))[0]
-    assert isinstance(reply, str)
+    assert isinstance(reply.text, str) and 1 <= reply.completion_tokens <= 8

@@ -253,14 +253,14 @@ def chat(
 ) -> None:
     """Chat with a model: one answer with -m, else an interactive multi-turn chat."""
     from tunesmith.models import finetuned
-    from tunesmith.serve.engine import Engine, Sampling
+    from tunesmith.serve.engine import Engine, Reply, Sampling
 
     base = finetuned.resolve(model).base
     engine = Engine(base, status=lambda m: err.print(f"[dim]{m}[/]"))
     sampling = Sampling(max_tokens=max_tokens, temperature=temperature)
     history = [{"role": "system", "content": system}] if system else []
     if message is not None:
-        print(engine.generate(model, [history + [{"role": "user", "content": message}]], sampling)[0])
+        print(engine.generate(model, [history + [{"role": "user", "content": message}]], sampling)[0].text)
         return
     err.print(f"Chatting with [bold]{escape(model)}[/]. /reset clears the conversation, /exit or Ctrl-D quits.")
     while True:
@@ -275,14 +275,65 @@ def chat(
             history = history[:1] if system else []
             continue
         history.append({"role": "user", "content": text})
-        reply = ""
         sys.stdout.write("assistant> ")
         for piece in engine.stream(model, history, sampling):
-            reply += piece
-            sys.stdout.write(piece)
-            sys.stdout.flush()
+            if isinstance(piece, Reply):
+                history.append({"role": "assistant", "content": piece.text})
+            else:
+                sys.stdout.write(piece)
+                sys.stdout.flush()
         sys.stdout.write("\n")
-        history.append({"role": "assistant", "content": reply})
+
+
+keys_app = typer.Typer(no_args_is_help=True, help="API keys: each belongs to one project (tenant).")
+app.add_typer(keys_app, name="keys")
+
+
+@keys_app.command("create")
+@friendly_errors
+def keys_create(project: Annotated[str, typer.Option(help="Project name; created if new.")]) -> None:
+    """Print a new API key for a project. Only its hash is stored: copy it now."""
+    from tunesmith.jobs.store import Store
+
+    out.print(Store().create_key(project), highlight=False, soft_wrap=True)
+
+
+@keys_app.command("list")
+@friendly_errors
+def keys_list() -> None:
+    """List API keys (their first characters only) and their projects."""
+    from sqlalchemy import select
+
+    from tunesmith.jobs.store import ApiKey, Project, Store
+
+    store = Store()
+    with store.session() as s:
+        rows = s.execute(select(ApiKey, Project).join(Project).order_by(ApiKey.created_at)).all()
+    if not rows:
+        out.print("No API keys: the server accepts requests without a key on 127.0.0.1 only.")
+    for key, project in rows:
+        out.print(f"{key.prefix}…  project {project.name}  created {key.created_at}", highlight=False)
+
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+@app.command()
+@friendly_errors
+def serve(
+    host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to bind.")] = 8000,
+) -> None:
+    """Run the OpenAI-compatible API and the job worker."""
+    import uvicorn
+
+    from tunesmith.api.app import create_app
+    from tunesmith.jobs.store import Store
+
+    if host not in LOOPBACK and not Store().has_keys():
+        raise TunesmithError(f"refusing to serve on {host} without API keys: anyone who can reach it could use "
+                             "it. Create a key with `tunesmith keys create --project NAME`, or bind 127.0.0.1.")
+    uvicorn.run(create_app(), host=host, port=port, log_level="info")
 
 
 if __name__ == "__main__":

@@ -17,6 +17,9 @@ class Settings(BaseSettings):
     org: str = "local"
     default_model: str = "smollm2-135m-instruct"
     threads: int = Field(default_factory=lambda: os.cpu_count() or 1)
+    database_url: str | None = None  # default: SQLite file under home
+    max_upload_bytes: int = 512 * 1024 * 1024
+    max_running_jobs: int = 1
 
     @property
     def models_dir(self) -> Path:
@@ -25,6 +28,10 @@ class Settings(BaseSettings):
     @property
     def jobs_dir(self) -> Path:
         return self.home / "jobs"
+
+    @property
+    def files_dir(self) -> Path:
+        return self.home / "files"
 
     @property
     def base_cache_dir(self) -> Path:

@@ -39,7 +39,7 @@ def score_models(heldout: Path, models: list[str], limit: int | None = None, con
         base = finetuned.resolve(name).base
         engine = engines.setdefault(base, Engine(base))
         started = time.perf_counter()
-        answers[name] = engine.generate(name, prompts, Sampling(max_tokens=64))
+        answers[name] = [r.text for r in engine.generate(name, prompts, Sampling(max_tokens=64))]
         scores[name] = sum(json_equal(a, e) for a, e in zip(answers[name], expected)) / len(rows)
         if console:
             console.print(f"{name}: exact JSON equality {scores[name]:.0%} on {len(rows)} held-out lines "

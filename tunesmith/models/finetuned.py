@@ -69,6 +69,12 @@ def save(model: FineTunedModel, settings: Settings | None = None) -> None:
     os.replace(tmp, target)
 
 
+def forget(name: str, settings: Settings | None = None) -> None:
+    """Drop a model's metadata: its name no longer resolves."""
+    settings = settings or get_settings()
+    (settings.models_dir / f"{name.split(':')[-1]}.json").unlink(missing_ok=True)
+
+
 def list_models(settings: Settings | None = None) -> list[FineTunedModel]:
     settings = settings or get_settings()
     found = [_load(p) for p in sorted(settings.models_dir.glob("*.json"))]

@@ -7,7 +7,9 @@ models are whole models and are loaded on their own.
 from __future__ import annotations
 
 import hashlib
+import queue
 import threading
+from bisect import bisect_left
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -16,6 +18,7 @@ import torch
 from tunesmith.config import Settings, get_settings
 from tunesmith.errors import TunesmithError
 from tunesmith.models import finetuned
+from tunesmith.models.finetuned import ResolvedModel
 from tunesmith.models.loading import BaseInfo, ensure_cached, load_model, load_renderer
 
 
@@ -26,6 +29,14 @@ class Sampling:
     top_p: float = 1.0
     stop: tuple[str, ...] = ()
     seed: int | None = None
+
+
+@dataclass
+class Reply:
+    text: str
+    prompt_tokens: int
+    completion_tokens: int  # up to and including the token that ended the reply, as OpenAI counts
+    finish_reason: str  # "stop": end of turn or a stop string; "length": max_tokens reached
 
 
 class Engine:
@@ -41,11 +52,11 @@ class Engine:
         self._full: dict[str, object] = {}
         self._stop_ids = sorted({self.renderer.end_of_turn_id, self.tokenizer.eos_token_id})
 
-    def _select(self, name: str):
-        """The model object to run for ``name``, with the right adapter active."""
-        resolved = finetuned.resolve(name, self.settings)
+    def _select(self, model: str | ResolvedModel):
+        """The model object to run for ``model``, with the right adapter active."""
+        resolved = model if isinstance(model, ResolvedModel) else finetuned.resolve(model, self.settings)
         if resolved.base != self.info.name:
-            raise TunesmithError(f"{name} is based on {resolved.base}, not on {self.info.name}")
+            raise TunesmithError(f"{resolved.name} is based on {resolved.base}, not on {self.info.name}")
         if resolved.weights is None:
             if self._adapters:
                 self.base_model.disable_adapters()
@@ -81,7 +92,7 @@ class Engine:
     def _generate_kwargs(self, sampling: Sampling) -> dict:
         kwargs = {"max_new_tokens": sampling.max_tokens, "eos_token_id": self._stop_ids,
                   "pad_token_id": self.tokenizer.pad_token_id, "do_sample": sampling.temperature > 0}
-        if sampling.stop:  # stops generating at once; the stop text itself is cut off by _cut
+        if sampling.stop:  # stops generating at once; _reply cuts the stop text off
             kwargs.update(stop_strings=list(sampling.stop), tokenizer=self.tokenizer)
         if sampling.temperature > 0:
             kwargs.update(temperature=sampling.temperature, top_p=sampling.top_p, top_k=0)
@@ -89,46 +100,121 @@ class Engine:
                 torch.manual_seed(sampling.seed)
         return kwargs
 
+    def _decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    def _reply(self, prompt_tokens: int, ids: list[int], stops: tuple[str, ...]) -> Reply:
+        """The reply in the generated ids: where it ended, and why.
+
+        In a batch, a finished row goes on with padding, so the end is found again here."""
+        end = next((i + 1 for i, t in enumerate(ids) if t in self._stop_ids), None)
+        ids = ids[:end]
+        text = self._decode(ids)
+        cut = _first_stop(text, stops)
+        if cut is None:
+            return Reply(text, prompt_tokens, len(ids), "stop" if end else "length")
+        # Generation stopped at the token that completed the stop string: the shortest prefix holding it.
+        n = 1 + bisect_left(range(1, len(ids) + 1), True,
+                            key=lambda k: _first_stop(self._decode(ids[:k]), stops) is not None)
+        return Reply(text[:cut], prompt_tokens, n, "stop")
+
     @torch.inference_mode()
-    def generate(self, name: str, conversations: list[list[dict] | str], sampling: Sampling | None = None,
-                 batch_size: int = 8) -> list[str]:
+    def generate(self, model: str | ResolvedModel, conversations: list[list[dict] | str],
+                 sampling: Sampling | None = None, batch_size: int = 8) -> list[Reply]:
         """Answer many conversations (or raw prompts) with one model, batched."""
         sampling = sampling or Sampling()
-        model, resolved = self._select(name)
+        selected, resolved = self._select(model)
         prompts = [self._prompt_ids(resolved, c) for c in conversations]
-        replies: list[str] = []
+        replies: list[Reply] = []
         for start in range(0, len(prompts), batch_size):
-            inputs = self._inputs(prompts[start : start + batch_size])
-            out = model.generate(**inputs, **self._generate_kwargs(sampling))
-            new = out[:, inputs["input_ids"].shape[1] :]
-            replies += [_cut(t, sampling.stop) for t in self.tokenizer.batch_decode(new, skip_special_tokens=True)]
+            rows = prompts[start : start + batch_size]
+            inputs = self._inputs(rows)
+            out = selected.generate(**inputs, **self._generate_kwargs(sampling))
+            new = out[:, inputs["input_ids"].shape[1] :].tolist()
+            replies += [self._reply(len(p), ids, sampling.stop) for p, ids in zip(rows, new)]
         return replies
 
-    def stream(self, name: str, conversation: list[dict] | str, sampling: Sampling | None = None) -> Iterator[str]:
-        """Yield the reply piece by piece as it is generated."""
-        from transformers import TextIteratorStreamer
+    def stream(self, model: str | ResolvedModel, conversation: list[dict] | str,
+               sampling: Sampling | None = None) -> Iterator[str | Reply]:
+        """Yield the reply piece by piece as it is generated, then one ``Reply`` with the whole of it.
 
+        The pieces join up to exactly ``Reply.text``. Closing the iterator early stops the generation."""
         sampling = sampling or Sampling()
-        model, resolved = self._select(name)
-        inputs = self._inputs([self._prompt_ids(resolved, conversation)])
-        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
-        kwargs = {**inputs, **self._generate_kwargs(sampling), "streamer": streamer}
-        worker = threading.Thread(target=torch.inference_mode()(model.generate), kwargs=kwargs, daemon=True)
+        selected, resolved = self._select(model)
+        prompt = self._prompt_ids(resolved, conversation)
+        feed = _TokenFeed()
+        kwargs = {**self._inputs([prompt]), **self._generate_kwargs(sampling), "streamer": feed}
+        worker = threading.Thread(target=feed.run, args=(selected, kwargs), daemon=True)
         worker.start()
-        text = ""
-        for piece in streamer:
-            text += piece
-            cut = _cut(text, sampling.stop)
-            if len(cut) < len(text):
-                yield cut[len(text) - len(piece):]
-                break
-            yield piece
-        worker.join()
+        ids: list[int] = []
+        sent = 0
+        try:
+            while isinstance(token := feed.tokens.get(), int):
+                ids.append(token)
+                text = self._decode(ids)
+                if _first_stop(text, sampling.stop) is not None:
+                    break
+                ready = len(text) - _undecided(text, sampling.stop)
+                if ready > sent:
+                    yield text[sent:ready]
+                    sent = ready
+            if isinstance(token, Exception):
+                raise token
+        finally:
+            feed.cancelled.set()
+            worker.join()
+        reply = self._reply(len(prompt), ids, sampling.stop)
+        if len(reply.text) > sent:
+            yield reply.text[sent:]
+        yield reply
 
 
-def _cut(text: str, stops: tuple[str, ...]) -> str:
-    ends = [i for i in (text.find(s) for s in stops if s) if i >= 0]
-    return text[: min(ends)] if ends else text
+class _Cancelled(Exception):
+    pass
+
+
+class _TokenFeed:
+    """``generate``'s streamer: hands each new token id to a queue; aborts generation once cancelled."""
+
+    def __init__(self):
+        self.tokens: queue.Queue[int | Exception | None] = queue.Queue()  # None: generation ended
+        self.cancelled = threading.Event()
+        self._prompt_seen = False
+
+    def put(self, value: torch.Tensor) -> None:
+        if self.cancelled.is_set():
+            raise _Cancelled
+        if self._prompt_seen:  # generate's first put is the prompt
+            for token in value.flatten().tolist():
+                self.tokens.put(token)
+        self._prompt_seen = True
+
+    def end(self) -> None:
+        self.tokens.put(None)
+
+    def run(self, model, kwargs: dict) -> None:
+        try:
+            with torch.inference_mode():
+                model.generate(**kwargs)
+        except _Cancelled:
+            pass
+        except Exception as exc:  # raised again on the consuming side
+            self.tokens.put(exc)
+
+
+def _first_stop(text: str, stops: tuple[str, ...]) -> int | None:
+    """Where the earliest stop string starts in ``text``, if any does."""
+    found = [i for i in (text.find(s) for s in stops if s) if i >= 0]
+    return min(found) if found else None
+
+
+def _undecided(text: str, stops: tuple[str, ...]) -> int:
+    """How many characters at the end of ``text`` may still change: the bytes of an incomplete character,
+    or what may be the start of a stop string (which the reply must not show)."""
+    incomplete = len(text) - len(text.rstrip("\ufffd"))
+    if incomplete:
+        return incomplete
+    return max((k for s in stops for k in range(1, len(s)) if text.endswith(s[:k])), default=0)
 
 
 def _adapter_key(path: str) -> str:

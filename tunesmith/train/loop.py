@@ -145,6 +145,12 @@ def _save(model, optimizer, schedule, checkpoint_dir: Path, step: int, epoch: in
         reporter.on_checkpoint(ckpt)
 
 
+def resumable_checkpoint(checkpoint_dir: Path) -> Path | None:
+    """The newest checkpoint that holds trainer state (only the newest one ever does)."""
+    found = [p.parent for p in checkpoint_dir.glob(f"step-*/{STATE_FILE}") if p.parent.suffix != ".tmp"]
+    return max(found, default=None)
+
+
 @torch.no_grad()
 def evaluate(model, dataset: list[Tokenized], pad_id: int,
              micro_batch_tokens: int = DEFAULT_MICRO_BATCH_TOKENS) -> dict[str, float]:

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import random
 import shutil
+import signal
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -37,6 +42,7 @@ class TrainSpec:
     lora_alpha: int = 32
     # Dropout on the input of every adapted layer costs ~35 % of step time on CPU (measured).
     lora_dropout: float = 0.0
+    org: str | None = None  # the org part of the ft: name; the settings' org when not given
 
 
 @dataclass
@@ -80,7 +86,12 @@ def _validated(path: Path, renderer, max_length: int, reporter: JobReporter, min
 
 
 def run_job(spec: TrainSpec, reporter: JobReporter, settings: Settings | None = None,
-            stop_requested: Callable[[], bool] = lambda: False) -> JobResult:
+            stop_requested: Callable[[], bool] = lambda: False, job_id: str | None = None,
+            model_id: str | None = None) -> JobResult:
+    """Run (or, when ``job_id``'s directory holds a resumable checkpoint, continue) one job.
+
+    ``model_id`` fixes the short id of the resulting model, so a job that is re-run after a crash
+    registers the same model again instead of a second one."""
     enforce_offline()
     check_spec(spec)
     settings = settings or get_settings()
@@ -99,28 +110,34 @@ def run_job(spec: TrainSpec, reporter: JobReporter, settings: Settings | None = 
                        spec.learning_rate_multiplier)
     seed = spec.seed if spec.seed is not None else random.randrange(2**31)
 
+    job_id = job_id or f"ftjob-{finetuned.new_id(24)}"
+    job_dir = settings.jobs_dir / job_id
+    resume_from = loop.resumable_checkpoint(job_dir / "checkpoints")
+    if resume_from is not None:
+        reporter.on_message(f"Resuming from checkpoint {resume_from.name}")
+
     torch.set_num_threads(settings.threads)
     torch.manual_seed(seed)
-    model = _build_model(info, start.weights, spec)
+    model = _build_model(info, resume_from or start.weights, spec)
 
-    job_id = f"ftjob-{finetuned.new_id(24)}"
-    job_dir = settings.jobs_dir / job_id
     reporter.on_message(f"Job {job_id}: {len(train_report.tokenized)} examples, {hp.n_epochs} epochs, "
                         f"batch size {hp.batch_size}, learning rate {hp.learning_rate:.2e}, seed {seed}")
     cfg = loop.LoopConfig(hp.n_epochs, hp.batch_size, hp.learning_rate, seed)
     result = loop.train(model, train_report.tokenized, cfg, job_dir / "checkpoints", reporter,
-                        pad_id=renderer.tokenizer.pad_token_id, valid_set=valid_set,
+                        pad_id=renderer.tokenizer.pad_token_id, valid_set=valid_set, resume_from=resume_from,
                         stop_requested=stop_requested)
     outcome = JobResult(job_id, "succeeded" if result.completed else "stopped", None, result.trained_tokens,
-                        seed, hp.as_dict(), result.metrics, seconds=time.perf_counter() - started)
+                        seed, hp.as_dict(), result.metrics)
     last = max(job_dir.glob("checkpoints/step-*"), default=None)
     outcome.last_checkpoint = str(last) if last else None
     if not result.completed:
+        outcome.seconds = time.perf_counter() - started
         return outcome
 
-    short_id = finetuned.new_id()
-    name = finetuned.model_name(info.name, settings.org, spec.suffix, short_id)
+    short_id = model_id or finetuned.new_id()
+    name = finetuned.model_name(info.name, spec.org or settings.org, spec.suffix, short_id)
     final_dir = job_dir / "model"
+    shutil.rmtree(final_dir, ignore_errors=True)
     shutil.copytree(result.checkpoints[-1].path, final_dir, ignore=shutil.ignore_patterns(loop.STATE_FILE))
     finetuned.save(finetuned.FineTunedModel(
         id=short_id, name=name, base=info.name, job_id=job_id, method=spec.method,
@@ -148,3 +165,93 @@ def _build_model(info: BaseInfo, previous: Path | None, spec: TrainSpec):
         trainable_token_indices={"embed_tokens": info.added_token_ids} if info.added_token_ids else None,
     )
     return get_peft_model(base, config)
+
+
+# --- the job process: `python -m tunesmith.train.run JOB_DIR` -------------------------------------
+
+SPEC_FILE, RESULT_FILE = "spec.json", "result.json"
+EXIT_STOPPED = 3
+
+
+class EventReporter(JobReporter):
+    """Writes the job's progress to its event log, with the metric names OpenAI uses."""
+
+    def __init__(self, log):
+        self.log = log
+        self.started = time.time()
+        self.first_step: int | None = None
+
+    def on_message(self, message: str) -> None:
+        # Keyed by content: a job re-run after a crash repeats its opening lines, once in the store.
+        self.log.write("event", key="msg-" + hashlib.sha1(message.encode()).hexdigest()[:16], message=message)
+
+    def on_validated(self, report: Report) -> None:
+        for warning in report.warnings[:20]:
+            self.on_message(f"Warning: {Path(report.path).name}: {warning}")
+
+    def on_start(self, total_steps: int, start_step: int) -> None:
+        self.started, self.first_step = time.time(), start_step
+        self.log.write("event", message=f"Training started at step {start_step} of {total_steps}")
+
+    def on_step(self, m: dict) -> None:
+        done = m["step"] - self.first_step
+        eta = time.time() + (time.time() - self.started) / done * (m["total_steps"] - m["step"])
+        data = {"step": m["step"], "total_steps": m["total_steps"], "train_loss": m["train_loss"],
+                "train_mean_token_accuracy": m["train_mean_token_accuracy"]}
+        self.log.write("event", key=f"step-{m['step']}", type="metrics", message=f"Step {m['step']}/{m['total_steps']}: "
+                       f"training loss={m['train_loss']:.4f}", data=data, estimated_finish=int(eta))
+
+    def on_checkpoint(self, ckpt: loop.Checkpoint) -> None:
+        metrics = {"step": ckpt.step, **{k: v for k, v in ckpt.metrics.items() if k in _CHECKPOINT_METRICS}}
+        for name in ("loss", "mean_token_accuracy"):  # evaluated on the whole validation file
+            if f"valid_{name}" in metrics:
+                metrics[f"full_valid_{name}"] = metrics[f"valid_{name}"]
+        self.log.write("checkpoint", key=f"ckpt-{ckpt.step}", step=ckpt.step, epoch=ckpt.epoch,
+                       path=str(ckpt.path), metrics=metrics)
+
+
+_CHECKPOINT_METRICS = ("train_loss", "train_mean_token_accuracy", "valid_loss", "valid_mean_token_accuracy")
+
+
+def _die_with_parent() -> None:
+    """Linux: end this process when the service that started it dies, even by kill -9."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    from tunesmith.config import quiet_libraries
+    from tunesmith.train.events import EVENTS_FILE, EventLog
+
+    job_dir = Path((argv or sys.argv[1:])[0])
+    parent = os.getppid()
+    _die_with_parent()
+    if os.getppid() != parent:  # the parent died before the death signal was armed
+        return 1
+    stop = {"requested": False}
+    signal.signal(signal.SIGTERM, lambda *_: stop.update(requested=True))
+    quiet_libraries()
+    order = json.loads((job_dir / SPEC_FILE).read_text())
+    spec = TrainSpec(**order["spec"])
+    spec.training_file = Path(spec.training_file)
+    spec.validation_file = Path(spec.validation_file) if spec.validation_file else None
+    log = EventLog(job_dir / EVENTS_FILE)
+    (job_dir / RESULT_FILE).unlink(missing_ok=True)  # a result is only ever this run's
+    try:
+        result = run_job(spec, EventReporter(log), stop_requested=lambda: stop["requested"],
+                         job_id=job_dir.name, model_id=order["model_id"])
+        outcome = result.as_dict()
+    except TunesmithError as exc:
+        outcome = {"status": "failed", "error": str(exc)}
+    tmp = job_dir / (RESULT_FILE + ".tmp")
+    tmp.write_text(json.dumps(outcome))
+    os.replace(tmp, job_dir / RESULT_FILE)
+    return {"succeeded": 0, "stopped": EXIT_STOPPED}.get(outcome["status"], 1)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

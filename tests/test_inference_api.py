@@ -1,0 +1,179 @@
+"""Chat completions and completions, driven by the official ``openai`` client (and raw HTTP where the
+wire format itself is the point) against the inference router served by uvicorn in this process."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+import threading
+import time
+
+import openai
+import pytest
+import uvicorn
+from fastapi import FastAPI
+
+from live_server import new_home
+from tunesmith.api import errors
+from tunesmith.api.inference import router
+from tunesmith.config import Settings
+from tunesmith.jobs.store import Store
+from tunesmith.serve.pool import EnginePool
+
+pytestmark = pytest.mark.slow
+SMOL = "smollm2-135m-instruct"
+FRUITS = [{"role": "user", "content": "List three fruits, one per line."}]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, smol_info):
+    settings = Settings(home=new_home(tmp_path_factory.mktemp("inference")))
+    app = FastAPI()
+    errors.install(app)
+    app.include_router(router)
+    app.state.store = Store(settings)
+    app.state.engines = EnginePool(settings)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    srv = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    while not srv.started:
+        time.sleep(0.05)
+    yield sock.getsockname()
+    srv.should_exit = True
+    thread.join(30)
+    app.state.engines.close()
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    host, port = server
+    return openai.OpenAI(base_url=f"http://{host}:{port}/v1", api_key="x", max_retries=0)
+
+
+def post(server, path: str, body: dict, conn: http.client.HTTPConnection | None = None) -> http.client.HTTPResponse:
+    conn = conn or http.client.HTTPConnection(*server, timeout=120)
+    conn.request("POST", path, json.dumps(body), {"Content-Type": "application/json"})
+    return conn.getresponse()
+
+
+def events(server, path: str, body: dict) -> list:
+    """The server-sent events of a streamed answer: parsed chunks, and the final "[DONE]" as is."""
+    resp = post(server, path, body)
+    assert resp.status == 200 and resp.headers["content-type"].startswith("text/event-stream")
+    raw = resp.read().decode()
+    assert raw.endswith("\n\n")
+    data = [e.removeprefix("data: ") for e in raw.split("\n\n")[:-1]]
+    return [d if d == "[DONE]" else json.loads(d) for d in data]
+
+
+def test_chat_completion_has_openai_shape_and_exact_usage(server, renderer):
+    resp = post(server, "/v1/chat/completions", {"model": SMOL, "messages": FRUITS, "temperature": 0,
+                                                  "max_tokens": 12})
+    assert resp.status == 200
+    body = json.loads(resp.read())
+    assert list(body) == ["id", "object", "created", "model", "choices", "usage", "system_fingerprint"]
+    assert body["id"].startswith("chatcmpl-") and body["object"] == "chat.completion" and body["model"] == SMOL
+    (choice,) = body["choices"]
+    assert choice["index"] == 0 and choice["logprobs"] is None and choice["finish_reason"] in ("stop", "length")
+    assert choice["message"]["role"] == "assistant" and choice["message"]["refusal"] is None
+    assert choice["message"]["content"].strip()
+    usage = body["usage"]
+    assert usage["prompt_tokens"] == len(renderer.encode_prompt(FRUITS))
+    assert 1 <= usage["completion_tokens"] <= 12
+    assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
+
+
+def test_max_tokens_ends_with_length(client):
+    reply = client.chat.completions.create(model=SMOL, messages=FRUITS, temperature=0, max_completion_tokens=3)
+    assert reply.choices[0].finish_reason == "length" and reply.usage.completion_tokens == 3
+
+
+def test_stream_joins_up_to_the_plain_reply_and_ends_with_usage(client, server):
+    plain = client.chat.completions.create(model=SMOL, messages=FRUITS, temperature=0, max_tokens=12)
+    chunks = list(client.chat.completions.create(model=SMOL, messages=FRUITS, temperature=0, max_tokens=12,
+                                                 stream=True, stream_options={"include_usage": True}))
+    assert chunks[0].choices[0].delta.role == "assistant" and chunks[0].object == "chat.completion.chunk"
+    assert "".join(c.choices[0].delta.content or "" for c in chunks[:-1]) == plain.choices[0].message.content
+    assert chunks[-2].choices[0].finish_reason == plain.choices[0].finish_reason
+    assert all(c.usage is None for c in chunks[:-1])
+    assert chunks[-1].choices == [] and chunks[-1].usage == plain.usage
+    assert len({c.id for c in chunks}) == 1
+
+    raw = events(server, "/v1/chat/completions", {"model": SMOL, "messages": FRUITS, "max_tokens": 2, "stream": True})
+    assert raw[-1] == "[DONE]" and "usage" not in raw[0]  # no usage chunk unless asked
+    assert raw[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    assert raw[-2]["choices"][0]["delta"] == {} and raw[-2]["choices"][0]["finish_reason"] == "length"
+
+
+def test_stop_strings_cut_the_reply_plain_and_streamed(client):
+    plain = client.chat.completions.create(model=SMOL, messages=FRUITS, temperature=0, max_tokens=20, stop="\n")
+    streamed = client.chat.completions.create(model=SMOL, messages=FRUITS, temperature=0, max_tokens=20,
+                                              stop=["\n", "zzz"], stream=True)
+    text = plain.choices[0].message.content
+    assert text and "\n" not in text and plain.choices[0].finish_reason == "stop"
+    assert plain.usage.completion_tokens < 20
+    assert "".join(c.choices[0].delta.content or "" for c in streamed) == text
+
+
+def test_n_answers_one_prompt_several_times(client, renderer):
+    reply = client.chat.completions.create(model=SMOL, messages=FRUITS, temperature=0, max_tokens=6, n=2)
+    assert [c.index for c in reply.choices] == [0, 1]
+    assert reply.choices[0].message.content == reply.choices[1].message.content  # greedy
+    assert reply.usage.prompt_tokens == len(renderer.encode_prompt(FRUITS))
+    assert reply.usage.completion_tokens == 2 * 6 or reply.choices[0].finish_reason == "stop"
+
+
+def test_completions_plain_and_streamed(client, server, renderer):
+    prompts = ["The capital of France is", "1, 2, 3,"]
+    reply = client.completions.create(model=SMOL, prompt=prompts, temperature=0, max_tokens=4)
+    assert reply.object == "text_completion" and [c.index for c in reply.choices] == [0, 1]
+    assert all(c.text and c.finish_reason == "length" for c in reply.choices)
+    prompt_tokens = sum(len(renderer.tokenizer(p)["input_ids"]) for p in prompts)
+    assert (reply.usage.prompt_tokens, reply.usage.completion_tokens) == (prompt_tokens, 8)
+
+    raw = events(server, "/v1/completions", {"model": SMOL, "prompt": prompts[0], "temperature": 0, "max_tokens": 4,
+                                             "stream": True, "stream_options": {"include_usage": True}})
+    assert raw[-1] == "[DONE]" and all(e["object"] == "text_completion" for e in raw[:-1])
+    assert "".join(e["choices"][0]["text"] for e in raw[:-2]) == reply.choices[0].text
+    assert raw[-3]["choices"][0]["finish_reason"] == "length"
+    assert raw[-2]["choices"] == [] and raw[-2]["usage"]["completion_tokens"] == 4
+
+
+def test_unknown_model_and_bad_parameters_are_openai_errors(client, server):
+    with pytest.raises(openai.NotFoundError) as err:
+        client.chat.completions.create(model="no-such-model", messages=FRUITS)
+    assert err.value.body == {"message": "The model `no-such-model` does not exist or you do not have access to it.",
+                              "type": "invalid_request_error", "param": "model", "code": "model_not_found"}
+    resp = post(server, "/v1/completions", {"model": "ft:no:such:model:x", "prompt": "hi"})
+    assert resp.status == 404 and json.loads(resp.read())["error"]["code"] == "model_not_found"
+    with pytest.raises(openai.BadRequestError) as err:
+        client.chat.completions.create(model=SMOL, messages=FRUITS, temperature=3)
+    assert err.value.body["param"] == "temperature"
+    with pytest.raises(openai.BadRequestError) as err:
+        client.chat.completions.create(model=SMOL, messages=FRUITS, n=2, stream=True)
+    assert err.value.body["param"] == "n"
+    with pytest.raises(openai.BadRequestError) as err:
+        client.completions.create(model=SMOL, prompt="hi", stop=["a", "b", "c", "d", "e"])
+    assert err.value.body["param"] == "stop"
+
+
+def test_event_loop_stays_free_and_a_dropped_stream_frees_the_engine(client, server):
+    conn = http.client.HTTPConnection(*server, timeout=120)
+    long = post(server, "/v1/completions", {"model": SMOL, "prompt": "1, 2, 3, 4,", "temperature": 0,
+                                            "max_tokens": 2000, "stream": True}, conn)
+    assert long.status == 200 and long.readline().startswith(b"data: ")
+
+    started = time.monotonic()
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model="no-such-model", messages=FRUITS)
+    assert time.monotonic() - started < 5
+    assert long.readline() == b"\n" and long.readline().startswith(b"data: ")  # still generating
+
+    conn.close()  # the client goes away mid-generation
+    started = time.monotonic()
+    reply = client.completions.create(model=SMOL, prompt="Hello", max_tokens=2)
+    assert reply.usage.completion_tokens == 2
+    assert time.monotonic() - started < 30  # had the dropped stream kept the engine: 2000 tokens, minutes

@@ -1,0 +1,295 @@
+"""The service, driven by the official ``openai`` client against a real ``tunesmith serve``.
+
+One server with two projects (keys A and B) serves the workflow, pause/resume, cancel and the
+tenant matrix; a second, keyless server is killed with -9 mid-training and restarted.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import time
+from pathlib import Path
+
+import openai
+import pytest
+from safetensors.torch import load_file
+
+from conftest import chat_row, write_jsonl
+from live_server import LiveServer, new_home
+
+pytestmark = pytest.mark.slow
+SMOL = "smollm2-135m-instruct"
+FINISHED = ("succeeded", "failed", "cancelled")
+
+
+def dataset(path: Path, n: int = 20) -> Path:
+    colours = ["red", "blue", "green", "amber", "violet", "teal", "ochre", "ivory", "coral", "slate"]
+    return write_jsonl(path, [chat_row(f"Name a colour, number {i}.", f"Colour {i}: {colours[i % 10]}.")
+                              for i in range(n)])
+
+
+def wait_for(fetch, done, timeout: float = 300, every: float = 0.5):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = fetch()
+        if done(value):
+            return value
+        time.sleep(every)
+    raise TimeoutError(f"condition not reached; last value: {value}")
+
+
+def finished(client, job_id: str, timeout: float = 300):
+    return wait_for(lambda: client.fine_tuning.jobs.retrieve(job_id), lambda j: j.status in FINISHED, timeout)
+
+
+def all_events(client, job_id: str) -> list:
+    return list(client.fine_tuning.jobs.list_events(job_id, limit=1000).data)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, smol_info):
+    home = new_home(tmp_path_factory.mktemp("service"))
+    srv = LiveServer(home)
+    srv.keys = {p: srv.cli("keys", "create", "--project", p) for p in ("alpha", "beta")}
+    srv.start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def alpha(server):
+    return openai.OpenAI(base_url=server.base_url, api_key=server.keys["alpha"], max_retries=0)
+
+
+@pytest.fixture(scope="module")
+def beta(server):
+    return openai.OpenAI(base_url=server.base_url, api_key=server.keys["beta"], max_retries=0)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    d = tmp_path_factory.mktemp("data")
+    return {"train": dataset(d / "train.jsonl"), "valid": dataset(d / "valid.jsonl", 10)}
+
+
+@pytest.fixture(scope="module")
+def done_job(alpha, data):
+    """A finished job of project alpha: 20 examples, 2 epochs of batch 4 = 10 steps."""
+    train = alpha.files.create(file=data["train"].open("rb"), purpose="fine-tune")
+    valid = alpha.files.create(file=data["valid"].open("rb"), purpose="fine-tune")
+    job = alpha.fine_tuning.jobs.create(model=SMOL, training_file=train.id, validation_file=valid.id, suffix="svc",
+                                        seed=7, hyperparameters={"n_epochs": 2, "batch_size": 4},
+                                        metadata={"team": "colours"})
+    assert job.status == "validating_files"
+    job = finished(alpha, job.id)
+    assert job.status == "succeeded", job.error
+    return job, train, valid
+
+
+def test_files_roundtrip(alpha, data):
+    f = alpha.files.create(file=data["train"].open("rb"), purpose="fine-tune")
+    assert f.bytes == data["train"].stat().st_size and f.filename == "train.jsonl"
+    assert alpha.files.retrieve(f.id).id == f.id
+    assert alpha.files.content(f.id).read() == data["train"].read_bytes()
+    assert f.id in [x.id for x in alpha.files.list(purpose="fine-tune").data]
+    assert alpha.files.delete(f.id).deleted
+    with pytest.raises(openai.NotFoundError):
+        alpha.files.retrieve(f.id)
+
+
+def test_job_succeeds_with_events_checkpoints_and_result_file(alpha, done_job):
+    job, train, valid = done_job
+    assert job.fine_tuned_model.startswith(f"ft:{SMOL}:alpha:svc:")
+    assert job.trained_tokens > 0 and job.finished_at >= job.created_at
+    assert job.hyperparameters.n_epochs == 2 and job.hyperparameters.batch_size == 4
+    assert job.seed == 7 and job.metadata == {"team": "colours"}
+
+    events = all_events(alpha, job.id)
+    metrics = [e for e in events if e.type == "metrics"]
+    assert sorted(e.data["step"] for e in metrics) == list(range(1, 11))
+    assert {"step", "total_steps", "train_loss", "train_mean_token_accuracy"} <= set(metrics[0].data)
+    assert events[0].message == "The job has successfully completed"  # newest first
+    page = alpha.fine_tuning.jobs.list_events(job.id, limit=3)
+    assert len(page.data) == 3 and page.has_more
+
+    ckpts = alpha.fine_tuning.jobs.checkpoints.list(job.id).data
+    assert [c.step_number for c in ckpts] == [10, 5]
+    assert ckpts[0].fine_tuned_model_checkpoint == f"{job.fine_tuned_model}:ckpt-step-10"
+    assert {"full_valid_loss", "full_valid_mean_token_accuracy", "train_loss"} <= set(ckpts[0].metrics.model_dump(
+        exclude_none=True))
+
+    (result,) = job.result_files
+    rows = list(csv.DictReader(io.StringIO(alpha.files.content(result).text)))
+    assert [int(r["step"]) for r in rows] == list(range(1, 11))
+    assert rows[4]["valid_loss"] and not rows[3]["valid_loss"]  # validation at each epoch's end
+
+    listed = alpha.fine_tuning.jobs.list(metadata={"team": "colours"}).data
+    assert [j.id for j in listed] == [job.id]
+
+
+def test_chat_with_tuned_model_and_checkpoint(alpha, done_job):
+    job, _, _ = done_job
+    ckpt = alpha.fine_tuning.jobs.checkpoints.list(job.id).data[-1].fine_tuned_model_checkpoint
+    messages = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Name a colour, number 3."}]
+    replies = {}
+    for model in (job.fine_tuned_model, ckpt):
+        reply = alpha.chat.completions.create(model=model, messages=messages, temperature=0, max_tokens=12)
+        assert reply.choices[0].message.content.startswith("Colour 3")
+        assert reply.usage.completion_tokens > 0
+        replies[model] = reply.choices[0].message.content
+    for model in (job.fine_tuned_model, ckpt):
+        chunks = list(alpha.chat.completions.create(model=model, messages=messages, temperature=0, max_tokens=12,
+                                                    stream=True, stream_options={"include_usage": True}))
+        assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == replies[model]
+        assert chunks[-1].usage.total_tokens > 0
+
+
+def test_models_list_retrieve_delete(alpha, beta, done_job, data):
+    job, train, _ = done_job
+    ids = [m.id for m in alpha.models.list().data]
+    assert SMOL in ids and job.fine_tuned_model in ids
+    assert job.fine_tuned_model not in [m.id for m in beta.models.list().data]
+    # a second model of the same data, to delete
+    other = finished(alpha, alpha.fine_tuning.jobs.create(model=SMOL, training_file=train.id, suffix="todelete",
+                                                          hyperparameters={"n_epochs": 1, "batch_size": 20}).id)
+    assert alpha.models.retrieve(other.fine_tuned_model).id == other.fine_tuned_model
+    assert alpha.models.delete(other.fine_tuned_model).deleted
+    with pytest.raises(openai.NotFoundError):
+        alpha.models.retrieve(other.fine_tuned_model)
+    with pytest.raises(openai.NotFoundError):
+        alpha.chat.completions.create(model=other.fine_tuned_model, messages=[{"role": "user", "content": "hi"}])
+    with pytest.raises(openai.BadRequestError):
+        alpha.models.delete(SMOL)
+
+
+def test_invalid_training_file_fails_job_with_line_and_reason(alpha, tmp_path):
+    rows = [chat_row(f"q{i}", f"a{i}") for i in range(12)]
+    rows[4]["messages"][1]["role"] = "robot"
+    bad = alpha.files.create(file=write_jsonl(tmp_path / "bad.jsonl", rows).open("rb"), purpose="fine-tune")
+    job = finished(alpha, alpha.fine_tuning.jobs.create(model=SMOL, training_file=bad.id).id, timeout=60)
+    assert job.status == "failed"
+    assert "line 5" in job.error.message and "messages[1].role" in job.error.message
+    assert job.error.param == "training_file"
+
+
+def test_pause_resume_gives_the_same_model_as_an_uninterrupted_run(alpha, server, data):
+    train = alpha.files.create(file=data["train"].open("rb"), purpose="fine-tune")
+    hp = {"n_epochs": 2, "batch_size": 2}  # 20 steps
+    paused = alpha.fine_tuning.jobs.create(model=SMOL, training_file=train.id, seed=5, hyperparameters=hp)
+    wait_for(lambda: [e for e in all_events(alpha, paused.id) if e.type == "metrics"], lambda m: len(m) >= 3)
+    assert alpha.fine_tuning.jobs.pause(paused.id).status == "paused"
+    with pytest.raises(openai.ConflictError):
+        alpha.fine_tuning.jobs.pause(paused.id)
+    job_dir = server.home / "jobs" / paused.id
+    wait_for(lambda: (job_dir / "result.json").exists(), bool, timeout=60)  # its process has stopped
+    stopped_at = max(e.data["step"] for e in all_events(alpha, paused.id) if e.type == "metrics")
+    assert stopped_at < 20
+    assert alpha.fine_tuning.jobs.resume(paused.id).status == "queued"
+    resumed = finished(alpha, paused.id)
+    straight = finished(alpha, alpha.fine_tuning.jobs.create(model=SMOL, training_file=train.id, seed=5,
+                                                             hyperparameters=hp).id)
+    assert resumed.status == straight.status == "succeeded"
+    steps = sorted(e.data["step"] for e in all_events(alpha, paused.id) if e.type == "metrics")
+    assert steps == list(range(1, 21))  # each step once, none lost or repeated
+    a = load_file(server.home / "jobs" / resumed.id / "model" / "adapter_model.safetensors")
+    b = load_file(server.home / "jobs" / straight.id / "model" / "adapter_model.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert (a[k] - b[k]).abs().max() < 1e-5, k
+
+
+def test_cancel_stops_the_job(alpha, data):
+    train = alpha.files.create(file=data["train"].open("rb"), purpose="fine-tune")
+    job = alpha.fine_tuning.jobs.create(model=SMOL, training_file=train.id, hyperparameters={"n_epochs": 5})
+    assert alpha.fine_tuning.jobs.cancel(job.id).status == "cancelled"
+    with pytest.raises(openai.ConflictError):
+        alpha.fine_tuning.jobs.cancel(job.id)
+    time.sleep(2)
+    assert alpha.fine_tuning.jobs.retrieve(job.id).status == "cancelled"
+
+
+def test_keys_are_required_and_checked(server):
+    import httpx2 as httpx
+
+    missing = httpx.get(f"{server.base_url}/models")
+    assert missing.status_code == 401 and missing.json()["error"]["code"] == "missing_api_key"
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=server.base_url, api_key="sk-ts-wrong", max_retries=0).models.list()
+
+
+def test_other_project_sees_nothing(alpha, beta, server, done_job):
+    """Every endpoint, with beta's key on alpha's objects, answers like for an object that never existed."""
+    job, train, _ = done_job
+    ckpt = alpha.fine_tuning.jobs.checkpoints.list(job.id).data[0].fine_tuned_model_checkpoint
+    import httpx2 as httpx
+
+    http = httpx.Client(base_url=server.base_url, headers={"Authorization": f"Bearer {server.keys['beta']}"})
+    fake = {"file": "file-" + "x" * 24, "job": "ftjob-" + "x" * 24, "model": job.fine_tuned_model[:-4] + "zzzz"}
+    calls = [
+        ("GET", "/files/{file}"), ("GET", "/files/{file}/content"), ("DELETE", "/files/{file}"),
+        ("GET", "/fine_tuning/jobs/{job}"), ("POST", "/fine_tuning/jobs/{job}/cancel"),
+        ("POST", "/fine_tuning/jobs/{job}/pause"), ("POST", "/fine_tuning/jobs/{job}/resume"),
+        ("GET", "/fine_tuning/jobs/{job}/events"), ("GET", "/fine_tuning/jobs/{job}/checkpoints"),
+        ("GET", "/models/{model}"), ("DELETE", "/models/{model}"),
+    ]
+    real = {"file": train.id, "job": job.id, "model": job.fine_tuned_model}
+    for method, path in calls:
+        theirs = http.request(method, path.format(**real))
+        none = http.request(method, path.format(**fake))
+        assert theirs.status_code == none.status_code == 404, (method, path, theirs.text)
+        assert theirs.json()["error"].keys() == none.json()["error"].keys()
+        assert theirs.text.replace(real["file"], "").replace(real["job"], "").replace(real["model"], "") == \
+            none.text.replace(fake["file"], "").replace(fake["job"], "").replace(fake["model"], "")
+    for model in (job.fine_tuned_model, ckpt):
+        for body in ({"messages": [{"role": "user", "content": "hi"}]},):
+            r = http.post("/chat/completions", json={"model": model, **body})
+            assert r.status_code == 404 and "colour" not in r.text.lower()
+        r = http.post("/completions", json={"model": model, "prompt": "hi"})
+        assert r.status_code == 404
+        r = http.post("/fine_tuning/jobs", json={"model": model, "training_file": train.id})
+        assert r.status_code == 404
+    r = http.post("/fine_tuning/jobs", json={"model": SMOL, "training_file": train.id})
+    assert r.status_code == 404 and r.json()["error"]["param"] == "training_file"
+    assert train.id not in http.get("/files").text
+    assert job.id not in http.get("/fine_tuning/jobs").text
+    assert job.fine_tuned_model not in http.get("/models").text
+
+
+def test_kill_9_mid_training_then_restart_resumes_and_loses_nothing(tmp_path, data, smol_info):
+    srv = LiveServer(new_home(tmp_path)).start()
+    try:
+        client = openai.OpenAI(base_url=srv.base_url, api_key="local", max_retries=0)
+        train = client.files.create(file=data["train"].open("rb"), purpose="fine-tune")
+        job = client.fine_tuning.jobs.create(model=SMOL, training_file=train.id, seed=3,
+                                             hyperparameters={"n_epochs": 3, "batch_size": 2})  # 30 steps
+        # past the first epoch's checkpoint, in the middle of the second epoch
+        wait_for(lambda: [e for e in all_events(client, job.id) if e.type == "metrics"], lambda m: len(m) >= 13)
+        srv.kill_group()
+        before = sorted(f.id for f in stored_files(srv))
+        srv.start()
+        job = finished(client, job.id)
+        assert job.status == "succeeded", job.error
+        events = all_events(client, job.id)
+        steps = sorted(e.data["step"] for e in events if e.type == "metrics")
+        assert steps == list(range(1, 31))
+        assert len({e.id for e in events}) == len(events)
+        assert "resumes from its last checkpoint" in " ".join(e.message for e in events)
+        assert [c.step_number for c in client.fine_tuning.jobs.checkpoints.list(job.id).data] == [30, 20, 10]
+        assert sorted(f.id for f in client.files.list(purpose="fine-tune").data) == before
+        assert [m.id for m in client.models.list().data].count(job.fine_tuned_model) == 1
+    finally:
+        srv.stop()
+
+
+def stored_files(srv: LiveServer) -> list:
+    """The files as the store holds them, read while the server is down."""
+    from sqlalchemy import select
+
+    from tunesmith.config import Settings
+    from tunesmith.jobs.store import File, Store
+
+    store = Store(Settings(home=srv.home))
+    with store.session() as s:
+        return s.scalars(select(File).where(File.purpose == "fine-tune")).all()

@@ -1,0 +1,70 @@
+"""OpenAI's error envelope: ``{"error": {"message", "type", "param", "code"}}`` with the right status."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+from tunesmith.errors import TunesmithError, UnknownModelError
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, type: str = "invalid_request_error", param: str | None = None,
+                 code: str | None = None):
+        super().__init__(message)
+        self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
+
+
+def not_found(kind: str, object_id: str, param: str = "id") -> ApiError:
+    """What an unknown object and another project's object both look like: the same 404."""
+    return ApiError(404, f"No such {kind}: {object_id}", param=param)
+
+
+def model_not_found(name: str, param: str = "model") -> ApiError:
+    return ApiError(404, f"The model `{name}` does not exist or you do not have access to it.", param=param,
+                    code="model_not_found")
+
+
+def wrong_state(message: str) -> ApiError:
+    return ApiError(409, message, code="invalid_state")
+
+
+def _envelope(status: int, message: str, type: str, param=None, code=None) -> JSONResponse:
+    return JSONResponse({"error": {"message": message, "type": type, "param": param, "code": code}}, status)
+
+
+_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+          404: "invalid_request_error", 405: "invalid_request_error", 409: "invalid_request_error",
+          413: "invalid_request_error", 422: "invalid_request_error"}
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def _api(_: Request, exc: ApiError):
+        return _envelope(exc.status, exc.message, exc.type, exc.param, exc.code)
+
+    @app.exception_handler(UnknownModelError)
+    async def _model(_: Request, exc: UnknownModelError):
+        return _envelope(404, str(exc), "invalid_request_error", "model", "model_not_found")
+
+    @app.exception_handler(TunesmithError)
+    async def _user(_: Request, exc: TunesmithError):
+        return _envelope(400, str(exc), "invalid_request_error")
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError):
+        first = exc.errors()[0] if exc.errors() else {}
+        loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path")]
+        param = ".".join(loc) or None
+        message = f"{param}: {first.get('msg', 'invalid request')}" if param else first.get("msg", "invalid request")
+        return _envelope(422, message, "invalid_request_error", param, "invalid_value")
+
+    @app.exception_handler(HTTPException)
+    async def _http(_: Request, exc: HTTPException):
+        return _envelope(exc.status_code, str(exc.detail), _TYPES.get(exc.status_code, "server_error"))
+
+    @app.exception_handler(Exception)
+    async def _bug(_: Request, exc: Exception):
+        return _envelope(500, f"internal error: {type(exc).__name__}: {exc}", "server_error")

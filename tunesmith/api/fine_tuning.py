@@ -1,0 +1,178 @@
+"""``/v1/fine_tuning/jobs``: create, list, retrieve, cancel, pause, resume, events, checkpoints.
+
+The API only records what the caller asks for; the worker (``jobs/worker.py``) acts on it.
+State changes are conditional updates, so a request and the worker never overwrite each other.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, Query, Request
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import select
+
+from tunesmith.api.deps import current_project, get_store, resolve_model
+from tunesmith.api.errors import ApiError, not_found, wrong_state
+from tunesmith.api.files import owned_file
+from tunesmith.api.lists import page
+from tunesmith.jobs import store as st
+from tunesmith.jobs.store import Checkpoint, Event, Job, Project, Store
+from tunesmith.jobs.worker import add_event, set_status
+from tunesmith.models import finetuned
+
+router = APIRouter(prefix="/v1/fine_tuning/jobs")
+
+Auto = Literal["auto"]
+
+
+class Hyperparameters(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    n_epochs: Auto | Annotated[int, Field(ge=1, le=50)] = "auto"
+    batch_size: Auto | Annotated[int, Field(ge=1, le=256)] = "auto"
+    learning_rate_multiplier: Auto | Annotated[float, Field(gt=0, le=100)] = "auto"
+
+
+class Supervised(BaseModel):
+    hyperparameters: Hyperparameters | None = None
+
+
+class Method(BaseModel):
+    type: Literal["supervised", "dpo", "reinforcement"]
+    supervised: Supervised | None = None
+    dpo: dict[str, Any] | None = None
+    reinforcement: dict[str, Any] | None = None
+
+
+class CreateJob(BaseModel):
+    model: str
+    training_file: str
+    validation_file: str | None = None
+    hyperparameters: Hyperparameters | None = None
+    method: Method | None = None
+    suffix: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[^:]*$")] | None = None
+    seed: Annotated[int, Field(ge=0, le=2**31 - 1)] | None = None
+    metadata: Annotated[dict[str, Annotated[str, Field(max_length=512)]], Field(max_length=16)] | None = None
+    integrations: list[dict[str, Any]] | None = None
+
+
+def job_object(job: Job, org: str) -> dict:
+    hp = job.hyperparameters
+    return {
+        "id": job.id, "object": "fine_tuning.job", "created_at": job.created_at, "error": job.error,
+        "fine_tuned_model": job.fine_tuned_model, "finished_at": job.finished_at, "hyperparameters": hp,
+        "model": job.model, "organization_id": org, "result_files": job.result_files, "seed": job.seed,
+        "status": job.status, "trained_tokens": job.trained_tokens, "training_file": job.training_file,
+        "validation_file": job.validation_file, "integrations": [], "user_provided_suffix": job.suffix,
+        "estimated_finish": job.estimated_finish if job.status == st.RUNNING else None,
+        "metadata": job.meta, "method": {"type": job.method, job.method: {"hyperparameters": hp}},
+    }
+
+
+def _owned_job(s, project: Project, job_id: str) -> Job:
+    job = s.get(Job, job_id)
+    if job is None or job.project_id != project.id:
+        raise not_found("fine-tuning job", job_id)
+    return job
+
+
+@router.post("")
+def create(body: CreateJob, project: Project = Depends(current_project), store: Store = Depends(get_store)) -> dict:
+    method = body.method.type if body.method else "supervised"
+    if method != "supervised":
+        raise ApiError(400, f"method type {method!r} is not supported yet; use 'supervised'", param="method.type")
+    resolve_model(store, project, body.model)
+    for param in ("training_file", "validation_file"):
+        file_id = getattr(body, param)
+        if file_id is not None and owned_file(store, project, file_id, param).purpose != "fine-tune":
+            raise ApiError(400, f"{param} {file_id} was not uploaded with purpose 'fine-tune'", param=param)
+    hp = body.hyperparameters or Hyperparameters()
+    if body.method and body.method.supervised and body.method.supervised.hyperparameters:
+        hp = body.method.supervised.hyperparameters  # the method's own settings win, as at OpenAI
+    job = Job(id=st.make_id("ftjob-"), project_id=project.id, model=body.model, training_file=body.training_file,
+              validation_file=body.validation_file, method=method, hyperparameters=hp.model_dump(),
+              suffix=body.suffix, seed=body.seed if body.seed is not None else random.randrange(2**31),
+              meta=body.metadata, status=st.VALIDATING, created_at=st.now(), model_id=finetuned.new_id())
+    with store.session() as s:
+        s.add(job)
+        s.flush()
+        add_event(s, job.id, f"Created fine-tuning job: {job.id}")
+    return job_object(job, project.name)
+
+
+@router.get("")
+def list_jobs(request: Request, limit: Annotated[int, Query(ge=1, le=100)] = 20, after: str | None = None,
+              project: Project = Depends(current_project), store: Store = Depends(get_store)) -> dict:
+    # metadata filters arrive as metadata[key]=value query parameters
+    wanted = {k[len("metadata["):-1]: v for k, v in request.query_params.items()
+              if k.startswith("metadata[") and k.endswith("]")}
+    with store.session() as s:
+        rows = s.scalars(select(Job).where(Job.project_id == project.id)).all()
+    rows = [j for j in sorted(rows, key=lambda j: (j.created_at, j.id), reverse=True)
+            if all((j.meta or {}).get(k) == v for k, v in wanted.items())]
+    return page(rows, lambda j: job_object(j, project.name), limit, after)
+
+
+@router.get("/{job_id}")
+def retrieve(job_id: str, project: Project = Depends(current_project), store: Store = Depends(get_store)) -> dict:
+    with store.session() as s:
+        return job_object(_owned_job(s, project, job_id), project.name)
+
+
+def _transition(store: Store, project: Project, job_id: str, new: str, allowed: tuple[str, ...],
+                verb: str, message: str) -> dict:
+    with store.session() as s:
+        job = _owned_job(s, project, job_id)
+        if not set_status(s, job_id, new, allowed=allowed):
+            raise wrong_state(f"Job {job_id} is {job.status}; only a job that is {' or '.join(allowed)} can be "
+                              f"{verb}.")
+        add_event(s, job_id, message)
+        s.refresh(job)
+        return job_object(job, project.name)
+
+
+@router.post("/{job_id}/cancel")
+def cancel(job_id: str, project: Project = Depends(current_project), store: Store = Depends(get_store)) -> dict:
+    return _transition(store, project, job_id, st.CANCELLED, st.ACTIVE, "cancelled", "Fine-tuning job cancelled")
+
+
+@router.post("/{job_id}/pause")
+def pause(job_id: str, project: Project = Depends(current_project), store: Store = Depends(get_store)) -> dict:
+    return _transition(store, project, job_id, st.PAUSED, (st.QUEUED, st.RUNNING), "paused",
+                       "Fine-tuning job paused")
+
+
+@router.post("/{job_id}/resume")
+def resume(job_id: str, project: Project = Depends(current_project), store: Store = Depends(get_store)) -> dict:
+    return _transition(store, project, job_id, st.QUEUED, (st.PAUSED,), "resumed",
+                       "Fine-tuning job resumed; it continues from its last checkpoint")
+
+
+def event_object(e: Event) -> dict:
+    return {"id": e.id, "object": "fine_tuning.job.event", "created_at": e.created_at, "level": e.level,
+            "message": e.message, "data": e.data or {}, "type": e.type}
+
+
+@router.get("/{job_id}/events")
+def events(job_id: str, limit: Annotated[int, Query(ge=1, le=1000)] = 20, after: str | None = None,
+           project: Project = Depends(current_project), store: Store = Depends(get_store)) -> dict:
+    with store.session() as s:
+        _owned_job(s, project, job_id)
+        rows = s.scalars(select(Event).where(Event.job_id == job_id).order_by(Event.seq.desc())).all()
+    return page(rows, event_object, limit, after)
+
+
+def checkpoint_object(c: Checkpoint) -> dict:
+    return {"id": c.id, "object": "fine_tuning.job.checkpoint", "created_at": c.created_at,
+            "fine_tuned_model_checkpoint": c.name, "fine_tuning_job_id": c.job_id, "metrics": c.metrics,
+            "step_number": c.step}
+
+
+@router.get("/{job_id}/checkpoints")
+def checkpoints(job_id: str, limit: Annotated[int, Query(ge=1, le=100)] = 10, after: str | None = None,
+                project: Project = Depends(current_project), store: Store = Depends(get_store)) -> dict:
+    with store.session() as s:
+        _owned_job(s, project, job_id)
+        rows = s.scalars(select(Checkpoint).where(Checkpoint.job_id == job_id).order_by(Checkpoint.step.desc())).all()
+    return page(rows, checkpoint_object, limit, after)

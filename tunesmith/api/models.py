@@ -1,0 +1,57 @@
+"""``/v1/models``: the bundled base models and the caller's fine-tuned models."""
+
+from __future__ import annotations
+
+import shutil
+
+from fastapi import APIRouter, Depends
+from sqlalchemy import select
+
+from tunesmith.api.deps import current_project, get_store, resolve_model
+from tunesmith.api.errors import ApiError, model_not_found
+from tunesmith.jobs.store import Model, Project, Store
+from tunesmith.models import finetuned
+from tunesmith.models.registry import BUNDLED
+
+router = APIRouter(prefix="/v1/models")
+BASE_CREATED = 1730419200  # the bundled models carry no date of their own
+
+
+def _object(name: str, created: int, owned_by: str) -> dict:
+    return {"id": name, "object": "model", "created": created, "owned_by": owned_by}
+
+
+@router.get("")
+def list_models(project: Project = Depends(current_project), store: Store = Depends(get_store)) -> dict:
+    data = [_object(name, BASE_CREATED, "tunesmith") for name in BUNDLED]
+    with store.session() as s:
+        rows = s.scalars(select(Model).where(Model.project_id == project.id, Model.deleted.is_(False))
+                         .order_by(Model.created_at)).all()
+    data += [_object(m.name, m.created_at, project.name) for m in rows]
+    return {"object": "list", "data": data}
+
+
+@router.get("/{name:path}")
+def retrieve(name: str, project: Project = Depends(current_project), store: Store = Depends(get_store)) -> dict:
+    resolve_model(store, project, name)
+    if name in BUNDLED:
+        return _object(name, BASE_CREATED, "tunesmith")
+    with store.session() as s:
+        row = s.get(Model, name)
+    return _object(name, row.created_at if row else BASE_CREATED, project.name)
+
+
+@router.delete("/{name:path}")
+def delete(name: str, project: Project = Depends(current_project), store: Store = Depends(get_store)) -> dict:
+    if name in BUNDLED:
+        raise ApiError(400, f"{name} is a base model; only fine-tuned models can be deleted", param="model")
+    with store.session() as s:
+        row = s.get(Model, name)
+        if row is None or row.project_id != project.id or row.deleted:
+            raise model_not_found(name)
+        row.deleted = True
+    resolved = finetuned.resolve(name, store.settings)
+    # Its checkpoints stay usable (they are the job's); the final weights and the name go.
+    finetuned.forget(name, store.settings)
+    shutil.rmtree(resolved.weights, ignore_errors=True)
+    return {"id": name, "object": "model", "deleted": True}

@@ -1,0 +1,189 @@
+"""The service's state: projects, API keys, files, jobs, events, checkpoints and models.
+
+SQLite under the tunesmith home by default (WAL, so the API reads while the worker writes); any
+SQLAlchemy URL by setting. Tables hold metadata only: uploaded bytes and weights live on disk.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from sqlalchemy import JSON, Boolean, ForeignKey, Integer, String, Text, UniqueConstraint, create_engine, event, select
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+from tunesmith.config import Settings, get_settings
+from tunesmith.models.finetuned import new_id
+
+# Job statuses, as OpenAI names them.
+VALIDATING, QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED, PAUSED = (
+    "validating_files", "queued", "running", "succeeded", "failed", "cancelled", "paused")
+ACTIVE = (VALIDATING, QUEUED, RUNNING, PAUSED)
+
+
+def now() -> int:
+    return int(time.time())
+
+
+def make_id(prefix: str) -> str:
+    return f"{prefix}{new_id(24)}"
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dict: JSON, list: JSON}
+
+
+class Project(Base):
+    __tablename__ = "projects"
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[int] = mapped_column(Integer, default=now)
+
+
+class ApiKey(Base):
+    __tablename__ = "api_keys"
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id"), index=True)
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    prefix: Mapped[str] = mapped_column(String(16))  # enough to recognise a key in a listing
+    created_at: Mapped[int] = mapped_column(Integer, default=now)
+
+
+class File(Base):
+    __tablename__ = "files"
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id"), index=True)
+    filename: Mapped[str] = mapped_column(String(255))
+    purpose: Mapped[str] = mapped_column(String(32))
+    bytes: Mapped[int] = mapped_column(Integer)
+    path: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[int] = mapped_column(Integer, default=now)
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id"), index=True)
+    model: Mapped[str] = mapped_column(Text)
+    base: Mapped[str | None] = mapped_column(String(128))  # known once the model is resolved
+    training_file: Mapped[str] = mapped_column(String(40))
+    validation_file: Mapped[str | None] = mapped_column(String(40))
+    method: Mapped[str] = mapped_column(String(16), default="supervised")
+    hyperparameters: Mapped[dict] = mapped_column(default=dict)  # "auto" until resolved
+    suffix: Mapped[str | None] = mapped_column(String(64))
+    seed: Mapped[int] = mapped_column(Integer)
+    meta: Mapped[dict | None] = mapped_column("metadata", JSON)
+    status: Mapped[str] = mapped_column(String(20), default=VALIDATING, index=True)
+    data_format: Mapped[str | None] = mapped_column(String(16))
+    created_at: Mapped[int] = mapped_column(Integer, default=now)
+    started_at: Mapped[int | None] = mapped_column(Integer)
+    finished_at: Mapped[int | None] = mapped_column(Integer)
+    estimated_finish: Mapped[int | None] = mapped_column(Integer)
+    model_id: Mapped[str] = mapped_column(String(16))  # short id of the model it will produce
+    fine_tuned_model: Mapped[str | None] = mapped_column(Text)
+    trained_tokens: Mapped[int | None] = mapped_column(Integer)
+    error: Mapped[dict | None] = mapped_column(JSON)
+    result_files: Mapped[list] = mapped_column(default=list)
+    events_offset: Mapped[int] = mapped_column(Integer, default=0)  # bytes of events.jsonl ingested
+
+
+class Event(Base):
+    __tablename__ = "events"
+    __table_args__ = (UniqueConstraint("job_id", "key"),)
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(40), unique=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"), index=True)
+    key: Mapped[str] = mapped_column(String(64))  # one logical event, once: "step-12", "msg-3", …
+    created_at: Mapped[int] = mapped_column(Integer, default=now)
+    level: Mapped[str] = mapped_column(String(8), default="info")
+    type: Mapped[str] = mapped_column(String(8), default="message")
+    message: Mapped[str] = mapped_column(Text)
+    data: Mapped[dict | None] = mapped_column(JSON)
+
+
+class Checkpoint(Base):
+    __tablename__ = "checkpoints"
+    __table_args__ = (UniqueConstraint("job_id", "step"),)
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"), index=True)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id"), index=True)
+    step: Mapped[int] = mapped_column(Integer)
+    name: Mapped[str] = mapped_column(Text, unique=True)  # fine_tuned_model_checkpoint
+    path: Mapped[str] = mapped_column(Text)
+    metrics: Mapped[dict] = mapped_column(default=dict)
+    created_at: Mapped[int] = mapped_column(Integer, default=now)
+
+
+class Model(Base):
+    """A fine-tuned model and the project that owns it (weights and metadata: models.finetuned)."""
+
+    __tablename__ = "models"
+    name: Mapped[str] = mapped_column(Text, primary_key=True)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id"), index=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"))
+    created_at: Mapped[int] = mapped_column(Integer, default=now)
+    deleted: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+class Store:
+    def __init__(self, settings: Settings | None = None):
+        self.settings = settings or get_settings()
+        url = self.settings.database_url or f"sqlite:///{self.settings.home / 'tunesmith.db'}"
+        if url.startswith("sqlite:///"):
+            self.settings.home.mkdir(parents=True, exist_ok=True)
+        self.engine = create_engine(url)
+        if self.engine.dialect.name == "sqlite":
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+            # Take the write lock when a transaction begins: a deferred transaction that reads and
+            # then writes fails at once (not after busy_timeout) when another writer came between.
+            event.listen(self.engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))
+        Base.metadata.create_all(self.engine)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """One transaction: committed when the block ends, rolled back if it raises."""
+        with self._sessions.begin() as session:
+            yield session
+
+    def project(self, session: Session, name: str) -> Project:
+        """The project of that name, created on first use."""
+        found = session.scalar(select(Project).where(Project.name == name))
+        if found is None:
+            found = Project(id=make_id("proj_"), name=name, created_at=now())
+            session.add(found)
+            session.flush()
+        return found
+
+    def create_key(self, project_name: str) -> str:
+        """A new API key for a project; only its hash is kept, so this is the one time it is seen."""
+        key = f"sk-ts-{secrets.token_urlsafe(32)}"
+        with self.session() as s:
+            project = self.project(s, project_name)
+            s.add(ApiKey(id=make_id("key_"), project_id=project.id, key_hash=hash_key(key), prefix=key[:10],
+                         created_at=now()))
+        return key
+
+    def has_keys(self) -> bool:
+        with self.session() as s:
+            return s.scalar(select(ApiKey.id).limit(1)) is not None
+
+    def project_for_key(self, key: str) -> Project | None:
+        with self.session() as s:
+            return s.scalar(select(Project).join(ApiKey).where(ApiKey.key_hash == hash_key(key)))
+
+
+def _sqlite_pragmas(connection, _record) -> None:
+    connection.isolation_level = None  # pysqlite must not emit its own BEGIN (see "begin" above)
+    cursor = connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
