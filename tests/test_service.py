@@ -146,6 +146,40 @@ def test_chat_with_tuned_model_and_checkpoint(alpha, done_job):
         assert chunks[-1].usage.total_tokens > 0
 
 
+def test_dpo_job_continues_a_tuned_model(alpha, done_job, tmp_path):
+    """SFT, then DPO on the SFT model: its reference is the SFT model, so the first step's loss is log 2."""
+    job, _, _ = done_job
+    rows = [{"input": {"messages": [{"role": "system", "content": "You are terse."},
+                                    {"role": "user", "content": f"Name a colour, number {i}."}]},
+             "preferred_output": [{"role": "assistant", "content": f"Colour {i}: red."}],
+             "non_preferred_output": [{"role": "assistant", "content": f"Colour {i}: blue."}]} for i in range(10)]
+    pairs = alpha.files.create(file=write_jsonl(tmp_path / "pairs.jsonl", rows).open("rb"), purpose="fine-tune")
+    created = alpha.fine_tuning.jobs.create(
+        model=job.fine_tuned_model, training_file=pairs.id, validation_file=pairs.id, suffix="dpo",
+        method={"type": "dpo", "dpo": {"hyperparameters": {"beta": 0.2, "n_epochs": 1, "batch_size": 5}}})
+    assert created.method.type == "dpo" and created.method.dpo.hyperparameters.beta == 0.2
+    tuned = finished(alpha, created.id)
+    assert tuned.status == "succeeded", tuned.error
+    assert tuned.fine_tuned_model.startswith(f"ft:{SMOL}:alpha:dpo:")
+    metrics = sorted((e.data for e in all_events(alpha, tuned.id) if e.type == "metrics"), key=lambda d: d["step"])
+    assert [m["step"] for m in metrics] == [1, 2]
+    assert {"train_loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies"} <= set(
+        metrics[0])
+    assert metrics[0]["train_loss"] == pytest.approx(0.6931, abs=0.01)
+    ckpt = alpha.fine_tuning.jobs.checkpoints.list(tuned.id).data[0]
+    assert "full_valid_rewards/accuracies" in ckpt.metrics.model_dump()
+    (result,) = tuned.result_files
+    rows = list(csv.DictReader(io.StringIO(alpha.files.content(result).text)))
+    assert rows[1]["valid_rewards/accuracies"] and rows[0]["rewards/margins"]
+
+    chat = alpha.files.create(file=dataset(tmp_path / "chat.jsonl").open("rb"), purpose="fine-tune")
+    wrong = finished(alpha, alpha.fine_tuning.jobs.create(model=SMOL, training_file=chat.id,
+                                                         method={"type": "dpo"}).id, timeout=60)
+    assert wrong.status == "failed" and "the DPO method needs preference pairs" in wrong.error.message
+    with pytest.raises(openai.BadRequestError, match="not supported"):
+        alpha.fine_tuning.jobs.create(model=SMOL, training_file=chat.id, method={"type": "reinforcement"})
+
+
 def test_models_list_retrieve_delete(alpha, beta, done_job, data):
     job, train, _ = done_job
     ids = [m.id for m in alpha.models.list().data]

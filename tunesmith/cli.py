@@ -78,24 +78,29 @@ def validate(
     file: Annotated[Path, typer.Argument(help="JSONL training file.")],
     model: ModelOpt = get_settings().default_model,
     max_length: Annotated[int, typer.Option(help="Examples longer than this are truncated.")] = 2048,
-    method: Annotated[str, typer.Option(help="lora or full (for the learning rate shown).")] = "lora",
+    method: Annotated[Optional[str], typer.Option(
+        help="lora, full or dpo; checks the file suits it. Default: dpo for preference data, else lora.")] = None,
     epochs: Annotated[str, typer.Option(help="Number or auto.")] = "auto",
     batch_size: Annotated[str, typer.Option(help="Number or auto.")] = "auto",
     learning_rate_multiplier: Annotated[str, typer.Option(help="Number or auto.")] = "auto",
+    beta: Annotated[str, typer.Option(help="DPO only: number or auto (0.1).")] = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
     """Check a training file: errors with line and field, warnings, token statistics, hyperparameters."""
+    from tunesmith.data.formats import PREFERENCE
     from tunesmith.data.validate import validate_file
     from tunesmith.models import finetuned
     from tunesmith.models.loading import ensure_cached, load_renderer
     from tunesmith.train import hyper
 
     info = ensure_cached(finetuned.resolve(model).base, status=lambda m: err.print(f"[dim]{m}[/]"))
-    report = validate_file(file, load_renderer(info), max_length)
+    preference = None if method is None else method == "dpo"  # None: either kind, the method follows the file
+    report = validate_file(file, load_renderer(info), max_length, preference=preference)
+    method = method or ("dpo" if report.format == PREFERENCE else "lora")
     hp = None
     if report.ok:
         try:
-            hp = hyper.resolve(len(report.tokenized), method, epochs, batch_size, learning_rate_multiplier)
+            hp = hyper.resolve(len(report.tokenized), method, epochs, batch_size, learning_rate_multiplier, beta)
         except TunesmithError as exc:
             report.errors.append(_problem(str(exc)))
     if as_json:
@@ -132,12 +137,14 @@ def _print_report(report, console: Console, hp=None) -> None:
         table = Table(title="Tokens per example")
         for col in ("", "min", "median", "p95", "max", "total"):
             table.add_column(col, justify="right")
-        for label, d in (("tokens", report.tokens), ("trained tokens", report.trained_tokens)):
+        sides = [(f"{side} tokens", d) for side, d in (report.pair_tokens or {}).items()]
+        for label, d in [("tokens", report.tokens), ("trained tokens", report.trained_tokens), *sides]:
             table.add_row(label, str(d.min), f"{d.median:g}", f"{d.p95:.0f}", str(d.max), str(d.total))
         console.print(table)
     if hp:
+        beta = f", beta {hp.beta:g}" if hp.beta is not None else ""
         console.print(f"Hyperparameters: epochs {hp.n_epochs}, batch size {hp.batch_size}, learning rate "
-                      f"multiplier {hp.learning_rate_multiplier:g} (learning rate {hp.learning_rate:.2e})")
+                      f"multiplier {hp.learning_rate_multiplier:g} (learning rate {hp.learning_rate:.2e}){beta}")
         console.print(f"Estimated training tokens: {report.tokens.total * hp.n_epochs:,} "
                       f"({report.tokens.total:,} × {hp.n_epochs} epochs)")
     verdict = "[green]OK[/]" if report.ok else f"[red]{len(report.errors)} error(s)[/]"
@@ -165,21 +172,31 @@ class _ProgressReporter:
 
     def on_start(self, total_steps: int, start_step: int) -> None:
         self.task = self.progress.add_task("training", total=total_steps, completed=start_step,
-                                           loss=float("nan"), tps=0.0, epoch=1)
+                                           loss=float("nan"), rewards="", tps=0.0, epoch=1)
         self.every = max(1, total_steps // 20)
 
     def on_step(self, m: dict) -> None:
-        self.progress.update(self.task, completed=m["step"], loss=m["train_loss"],
+        self.progress.update(self.task, completed=m["step"], loss=m["train_loss"], rewards=_rewards(m),
                              tps=m["tokens_per_second"], epoch=m["epoch"])
         if self.plain and (m["step"] % self.every == 0 or m["step"] == m["total_steps"]):
             self.progress.console.print(f"step {m['step']}/{m['total_steps']} epoch {m['epoch']} "
-                                        f"loss {m['train_loss']:.4f} {m['tokens_per_second']:.0f} tok/s")
+                                        f"loss {m['train_loss']:.4f}{_rewards(m)} {m['tokens_per_second']:.0f} tok/s",
+                                        soft_wrap=True)
 
     def on_checkpoint(self, ckpt) -> None:
         valid = ckpt.metrics.get("valid_loss")
-        extra = f", valid loss {valid:.4f}" if valid is not None else ""
+        extra = f", valid loss {valid:.4f}{_rewards(ckpt.metrics, 'valid_')}" if valid is not None else ""
         self.progress.console.print(f"epoch {ckpt.epoch}: step {ckpt.step}, train loss "
-                                    f"{ckpt.metrics['train_loss']:.4f}{extra} → checkpoint {ckpt.path.name}")
+                                    f"{ckpt.metrics['train_loss']:.4f}{extra} → checkpoint {ckpt.path.name}",
+                                    soft_wrap=True)
+
+
+def _rewards(metrics: dict, prefix: str = "") -> str:
+    """DPO's reward accuracy and margin, when the metrics have them."""
+    if f"{prefix}rewards/accuracies" not in metrics:
+        return ""
+    return (f" {prefix}rewards/accuracies {metrics[f'{prefix}rewards/accuracies']:.2f}"
+            f" {prefix}rewards/margins {metrics[f'{prefix}rewards/margins']:.3f}")
 
 
 @app.command()
@@ -188,10 +205,11 @@ def train(
     file: Annotated[Path, typer.Argument(help="JSONL training file.")],
     validation: Annotated[Optional[Path], typer.Option(help="JSONL validation file.")] = None,
     model: ModelOpt = get_settings().default_model,
-    method: Annotated[str, typer.Option(help="lora or full.")] = "lora",
+    method: Annotated[str, typer.Option(help="lora, full, or dpo (preference data, LoRA).")] = "lora",
     epochs: Annotated[str, typer.Option(help="Number or auto.")] = "auto",
     batch_size: Annotated[str, typer.Option(help="Number or auto.")] = "auto",
     learning_rate_multiplier: Annotated[str, typer.Option(help="Number or auto.")] = "auto",
+    beta: Annotated[str, typer.Option(help="DPO only: number or auto (0.1).")] = "auto",
     suffix: Annotated[Optional[str], typer.Option(help="Up to 64 characters, part of the model name.")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed; same seed, same result.")] = None,
     max_length: Annotated[int, typer.Option(help="Examples longer than this are truncated.")] = 2048,
@@ -200,11 +218,12 @@ def train(
     """Fine-tune a model; prints the new model id (ft:…)."""
     from tunesmith.train.run import TrainSpec, run_job
 
-    spec = TrainSpec(file, validation, model, method, epochs, batch_size, learning_rate_multiplier,
+    spec = TrainSpec(file, validation, model, method, epochs, batch_size, learning_rate_multiplier, beta,
                      suffix, seed, max_length)
     stop = _StopOnInterrupt()
     progress = Progress(TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
-                        TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("{task.fields[tps]:.0f} tok/s"),
+                        TextColumn("loss {task.fields[loss]:.4f}{task.fields[rewards]}"),
+                        TextColumn("{task.fields[tps]:.0f} tok/s"),
                         TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=err)
     with progress, stop:
         result = run_job(spec, _ProgressReporter(progress), stop_requested=stop)
@@ -334,6 +353,92 @@ def serve(
         raise TunesmithError(f"refusing to serve on {host} without API keys: anyone who can reach it could use "
                              "it. Create a key with `tunesmith keys create --project NAME`, or bind 127.0.0.1.")
     uvicorn.run(create_app(), host=host, port=port, log_level="info")
+
+
+EvalModel = Annotated[str, typer.Argument(help="Base model name or ft: model / checkpoint id.")]
+EvalData = Annotated[Path, typer.Option(help="JSONL of held-out examples, in any training format.")]
+EvalLimit = Annotated[Optional[int], typer.Option(min=1, help="Only the first N examples.")]
+EvalMaxTokens = Annotated[int, typer.Option(min=1, help="Longest answer, in tokens.")]
+EvalContains = Annotated[Optional[str], typer.Option(help="Also score: the answer contains this text.")]
+EvalRegex = Annotated[Optional[str], typer.Option(help="Also score: the answer matches this regular expression "
+                                                        "(re.search).")]
+
+
+def _evaluate(models: list[str], data: Path, limit: Optional[int], max_tokens: int, contains: Optional[str],
+              regex: Optional[str]):
+    """Evaluate the models with a progress bar per model on stderr (stdout stays for the result)."""
+    from tunesmith.eval.metrics import Checks
+    from tunesmith.eval.run import EvalOptions, evaluate_models
+
+    options = EvalOptions(max_tokens=max_tokens, limit=limit, checks=Checks(contains, regex))
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                        TextColumn("ETA"), TimeRemainingColumn(), console=err)
+    tasks: dict[str, int] = {}
+
+    def answered(model: str, done: int, total: int) -> None:
+        if model not in tasks:
+            tasks[model] = progress.add_task(f"answering with {escape(model)}", total=total)
+        progress.update(tasks[model], completed=done)
+
+    with progress:
+        return evaluate_models(models, data, options, answered,
+                               status=lambda m: progress.console.print(f"[dim]{escape(m)}[/]"))
+
+
+def _print_markdown(text: str) -> None:
+    """Rendered on a terminal; the markdown itself when redirected (`> report.md`)."""
+    from rich.markdown import Markdown
+
+    if out.is_terminal:
+        out.print(Markdown(text))
+    else:
+        print(text, end="")
+
+
+@app.command("eval")
+@friendly_errors
+def eval_(
+    model: EvalModel,
+    data: EvalData,
+    limit: EvalLimit = None,
+    max_tokens: EvalMaxTokens = 256,
+    contains: EvalContains = None,
+    regex: EvalRegex = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report, every answer included, as JSON.")] = False,
+) -> None:
+    """Score a model on held-out data: loss, perplexity, token accuracy, and its greedy answers."""
+    from tunesmith.eval.report import markdown
+
+    [report] = _evaluate([model], data, limit, max_tokens, contains, regex)
+    if as_json:
+        out.print_json(json.dumps(report.as_dict()))
+    else:
+        _print_markdown(markdown([report]))
+
+
+@app.command()
+@friendly_errors
+def compare(
+    model_a: EvalModel,
+    model_b: EvalModel,
+    data: EvalData,
+    out_file: Annotated[Optional[Path], typer.Option("--out", help="Also write a self-contained HTML report.")] = None,
+    limit: EvalLimit = None,
+    max_tokens: EvalMaxTokens = 256,
+    contains: EvalContains = None,
+    regex: EvalRegex = None,
+) -> None:
+    """Golden questions: two models' answers side by side with the reference, per-item and overall scores."""
+    from tunesmith.eval.report import html_report, markdown
+
+    reports = _evaluate([model_a, model_b], data, limit, max_tokens, contains, regex)
+    _print_markdown(markdown(reports, questions=True))
+    if out_file:
+        try:
+            out_file.write_text(html_report(reports), encoding="utf-8")
+        except OSError as exc:
+            raise TunesmithError(f"cannot write {out_file}: {exc.strerror}") from None
+        err.print(f"Report written to {escape(str(out_file))}")
 
 
 if __name__ == "__main__":

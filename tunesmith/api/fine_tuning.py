@@ -34,14 +34,22 @@ class Hyperparameters(BaseModel):
     learning_rate_multiplier: Auto | Annotated[float, Field(gt=0, le=100)] = "auto"
 
 
+class DpoHyperparameters(Hyperparameters):
+    beta: Auto | Annotated[float, Field(gt=0, le=2)] = "auto"
+
+
 class Supervised(BaseModel):
     hyperparameters: Hyperparameters | None = None
+
+
+class Dpo(BaseModel):
+    hyperparameters: DpoHyperparameters | None = None
 
 
 class Method(BaseModel):
     type: Literal["supervised", "dpo", "reinforcement"]
     supervised: Supervised | None = None
-    dpo: dict[str, Any] | None = None
+    dpo: Dpo | None = None
     reinforcement: dict[str, Any] | None = None
 
 
@@ -80,16 +88,19 @@ def _owned_job(s, project: Project, job_id: str) -> Job:
 @router.post("")
 def create(body: CreateJob, project: Project = Depends(current_project), store: Store = Depends(get_store)) -> dict:
     method = body.method.type if body.method else "supervised"
-    if method != "supervised":
-        raise ApiError(400, f"method type {method!r} is not supported yet; use 'supervised'", param="method.type")
+    if method not in ("supervised", "dpo"):
+        raise ApiError(400, f"method type {method!r} is not supported yet; use 'supervised' or 'dpo'",
+                       param="method.type")
     resolve_model(store, project, body.model)
     for param in ("training_file", "validation_file"):
         file_id = getattr(body, param)
         if file_id is not None and owned_file(store, project, file_id, param).purpose != "fine-tune":
             raise ApiError(400, f"{param} {file_id} was not uploaded with purpose 'fine-tune'", param=param)
-    hp = body.hyperparameters or Hyperparameters()
-    if body.method and body.method.supervised and body.method.supervised.hyperparameters:
-        hp = body.method.supervised.hyperparameters  # the method's own settings win, as at OpenAI
+    schema = DpoHyperparameters if method == "dpo" else Hyperparameters
+    hp = schema(**(body.hyperparameters.model_dump(exclude_unset=True) if body.hyperparameters else {}))
+    own = getattr(body.method, method) if body.method else None
+    if own and own.hyperparameters:
+        hp = own.hyperparameters  # the method's own settings win, as at OpenAI
     job = Job(id=st.make_id("ftjob-"), project_id=project.id, model=body.model, training_file=body.training_file,
               validation_file=body.validation_file, method=method, hyperparameters=hp.model_dump(),
               suffix=body.suffix, seed=body.seed if body.seed is not None else random.randrange(2**31),
@@ -157,10 +168,8 @@ def event_object(e: Event) -> dict:
 @router.get("/{job_id}/events")
 def events(job_id: str, limit: Annotated[int, Query(ge=1, le=1000)] = 20, after: str | None = None,
            project: Project = Depends(current_project), store: Store = Depends(get_store)) -> dict:
-    with store.session() as s:
-        _owned_job(s, project, job_id)
-        rows = s.scalars(select(Event).where(Event.job_id == job_id).order_by(Event.seq.desc())).all()
-    return page(rows, event_object, limit, after)
+    return _job_children(store, project, job_id, select(Event).order_by(Event.seq.desc()), event_object, limit,
+                         after)
 
 
 def checkpoint_object(c: Checkpoint) -> dict:
@@ -172,7 +181,14 @@ def checkpoint_object(c: Checkpoint) -> dict:
 @router.get("/{job_id}/checkpoints")
 def checkpoints(job_id: str, limit: Annotated[int, Query(ge=1, le=100)] = 10, after: str | None = None,
                 project: Project = Depends(current_project), store: Store = Depends(get_store)) -> dict:
+    return _job_children(store, project, job_id, select(Checkpoint).order_by(Checkpoint.step.desc()),
+                         checkpoint_object, limit, after)
+
+
+def _job_children(store: Store, project: Project, job_id: str, query, render, limit: int, after: str | None) -> dict:
+    """A page of a job's events or checkpoints, newest first; 404 unless the job is the caller's."""
     with store.session() as s:
         _owned_job(s, project, job_id)
-        rows = s.scalars(select(Checkpoint).where(Checkpoint.job_id == job_id).order_by(Checkpoint.step.desc())).all()
-    return page(rows, checkpoint_object, limit, after)
+        entity = query.column_descriptions[0]["entity"]
+        rows = s.scalars(query.where(entity.job_id == job_id)).all()
+    return page(rows, render, limit, after)

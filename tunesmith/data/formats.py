@@ -4,6 +4,9 @@ Accepted shapes (one per file):
 - ``chat``:       {"messages": [...], "tools"?: [...]}   (OpenAI chat fine-tuning format)
 - ``pairs``:      {"user": str, "assistant": str, "system"?: str}
 - ``completion``: {"prompt": str, "completion": str}     (legacy OpenAI format)
+- ``preference``: {"input": {"messages": [...]}, "preferred_output": [assistant], "non_preferred_output": [assistant]}
+                  (OpenAI's DPO format; older docs say ``preferred_completion``/``non_preferred_completion``)
+                  or {"prompt": str | [...], "chosen": str | [assistant], "rejected": str | [assistant]} (TRL's)
 """
 
 from __future__ import annotations
@@ -11,10 +14,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-CHAT, PAIRS, COMPLETION = "chat", "pairs", "completion"
+CHAT, PAIRS, COMPLETION, PREFERENCE = "chat", "pairs", "completion", "preference"
 
 ROLES = ("system", "developer", "user", "assistant", "tool")
 MESSAGE_KEYS = {"role", "content", "name", "weight", "tool_calls", "tool_call_id", "function_call"}
+# The two sides of a preference line, as (preferred, non-preferred): each with its accepted names.
+OPENAI_SIDES = (("preferred_output", "preferred_completion"), ("non_preferred_output", "non_preferred_completion"))
+TRL_KEYS = ("prompt", "chosen", "rejected")
 
 
 @dataclass(frozen=True)
@@ -34,7 +40,9 @@ class Problem:
 class Example:
     """One training example. Chat-like shapes become ``messages``; completions keep their text.
 
-    In ``messages`` every assistant message carries an int ``weight`` (1 = trained).
+    In ``messages`` every assistant message carries an int ``weight`` (1 = trained). A preference
+    example is the conversation that ends in the preferred answer (the only trained turn) plus
+    ``rejected``, the non-preferred answer to the same prompt.
     """
 
     line: int
@@ -43,6 +51,7 @@ class Example:
     tools: list[dict[str, Any]] | None = None
     prompt: str | None = None
     completion: str | None = None
+    rejected: dict[str, Any] | None = None
 
     @property
     def has_system(self) -> bool:
@@ -50,6 +59,9 @@ class Example:
 
 
 def detect_format(obj: dict[str, Any]) -> str | None:
+    # Before "prompt": TRL's preference lines have one too.
+    if {"input", "chosen", "rejected"} & obj.keys() or any(k in obj for side in OPENAI_SIDES for k in side):
+        return PREFERENCE
     if "messages" in obj:
         return CHAT
     if "prompt" in obj or "completion" in obj:
@@ -67,28 +79,38 @@ def parse_example(obj: Any, line: int) -> tuple[Example | None, list[Problem]]:
     if fmt is None:
         keys = ", ".join(sorted(obj)) or "none"
         return None, [Problem(line, None, "unrecognised format: expected \"messages\", "
-                              "\"user\"/\"assistant\" or \"prompt\"/\"completion\" "
-                              f"(keys found: {keys})")]
-    parser = {CHAT: _parse_chat, PAIRS: _parse_pairs, COMPLETION: _parse_completion}[fmt]
+                              "\"user\"/\"assistant\", \"prompt\"/\"completion\", "
+                              "\"input\"/\"preferred_output\"/\"non_preferred_output\" or "
+                              f"\"prompt\"/\"chosen\"/\"rejected\" (keys found: {keys})")]
+    parser = {CHAT: _parse_chat, PAIRS: _parse_pairs, COMPLETION: _parse_completion,
+              PREFERENCE: _parse_preference}[fmt]
     return parser(obj, line)
 
 
-def _parse_chat(obj: dict[str, Any], line: int) -> tuple[Example | None, list[Problem]]:
-    problems: list[Problem] = []
-    raw = obj["messages"]
+def _parse_messages(raw: Any, line: int, path: str) -> tuple[list[dict[str, Any]], list[Problem]]:
     if not isinstance(raw, list):
-        return None, [Problem(line, "messages", f"must be a list, got {_type_name(raw)}")]
+        return [], [Problem(line, path, f"must be a list, got {_type_name(raw)}")]
     if not raw:
-        return None, [Problem(line, "messages", "is empty")]
-    messages = []
+        return [], [Problem(line, path, "is empty")]
+    messages, problems = [], []
     for i, msg in enumerate(raw):
-        parsed, errs = _parse_message(msg, line, f"messages[{i}]")
+        parsed, errs = _parse_message(msg, line, f"{path}[{i}]")
         problems += errs
         if parsed is not None:
             messages.append(parsed)
-    tools = obj.get("tools")
+    return messages, problems
+
+
+def _parse_tools(tools: Any, line: int, path: str) -> list[Problem]:
     if tools is not None and not (isinstance(tools, list) and all(isinstance(t, dict) for t in tools)):
-        problems.append(Problem(line, "tools", "must be a list of objects"))
+        return [Problem(line, path, "must be a list of objects")]
+    return []
+
+
+def _parse_chat(obj: dict[str, Any], line: int) -> tuple[Example | None, list[Problem]]:
+    messages, problems = _parse_messages(obj["messages"], line, "messages")
+    tools = obj.get("tools")
+    problems += _parse_tools(tools, line, "tools")
     if problems:
         return None, problems
     if not any(m["role"] == "assistant" and m["weight"] for m in messages):
@@ -175,6 +197,87 @@ def _parse_completion(obj: dict[str, Any], line: int) -> tuple[Example | None, l
     if problems:
         return None, problems
     return Example(line, COMPLETION, prompt=obj["prompt"], completion=obj["completion"]), []
+
+
+def _parse_preference(obj: dict[str, Any], line: int) -> tuple[Example | None, list[Problem]]:
+    """An OpenAI or TRL preference line → the conversation ending in the preferred answer, plus the other."""
+    trl = any(k in obj for k in TRL_KEYS)
+    allowed = TRL_KEYS if trl else ("input", *OPENAI_SIDES[0], *OPENAI_SIDES[1])
+    problems = [Problem(line, k, "unrecognised key") for k in obj if k not in allowed]
+    if trl:
+        prompt, tools, prompt_path = _trl_prompt(obj, line, problems), None, "prompt"
+        sides = [_side_key(obj, (name,), line, problems) for name in ("chosen", "rejected")]
+    else:
+        prompt, tools, prompt_path = *_openai_input(obj, line, problems), "input.messages"
+        sides = [_side_key(obj, names, line, problems) for names in OPENAI_SIDES]
+    chosen, rejected = (_parse_answer(obj[key], line, key, problems) if key else None for key in sides)
+    if prompt and prompt[-1]["role"] == "assistant":
+        problems.append(Problem(line, prompt_path, "ends with an assistant message: the preferred and "
+                                "non-preferred outputs must be the last assistant turn"))
+    if chosen and rejected and (chosen["content"], chosen.get("tool_calls")) == \
+            (rejected["content"], rejected.get("tool_calls")):
+        problems.append(Problem(line, sides[1], "is identical to the preferred output: a pair needs two "
+                                "different answers"))
+    if problems:
+        return None, problems
+    context = [{**m, "weight": 0} if m["role"] == "assistant" else m for m in prompt]  # earlier turns: context
+    return Example(line, PREFERENCE, messages=context + [chosen], tools=tools, rejected=rejected), []
+
+
+def _trl_prompt(obj: dict[str, Any], line: int, problems: list[Problem]) -> list[dict[str, Any]]:
+    raw = obj.get("prompt")
+    if raw is None:
+        problems.append(Problem(line, "prompt", "missing"))
+        return []
+    if isinstance(raw, str):  # a plain prompt is the user's message
+        if not raw.strip():
+            problems.append(Problem(line, "prompt", "is empty"))
+        return [{"role": "user", "content": raw}]
+    messages, errs = _parse_messages(raw, line, "prompt")
+    problems += errs
+    return messages
+
+
+def _openai_input(obj: dict[str, Any], line: int,
+                  problems: list[Problem]) -> tuple[list[dict[str, Any]], list[dict[str, Any]] | None]:
+    raw = obj.get("input")
+    if not isinstance(raw, dict) or "messages" not in raw:
+        problems.append(Problem(line, "input", "missing" if raw is None else "must be an object with \"messages\""))
+        return [], None
+    messages, errs = _parse_messages(raw["messages"], line, "input.messages")
+    problems += errs + _parse_tools(raw.get("tools"), line, "input.tools")
+    return messages, raw.get("tools") or None
+
+
+def _side_key(obj: dict[str, Any], names: tuple[str, ...], line: int, problems: list[Problem]) -> str | None:
+    """The key a side of the pair is given under (of its accepted names)."""
+    given = [n for n in names if n in obj]
+    if not given:
+        problems.append(Problem(line, names[0], "missing"))
+    elif len(given) > 1:
+        problems.append(Problem(line, given[1], f"give either {given[0]} or {given[1]}, not both"))
+    return given[0] if given else None
+
+
+def _parse_answer(raw: Any, line: int, path: str, problems: list[Problem]) -> dict[str, Any] | None:
+    """One side of a pair: one assistant message (a string is its content)."""
+    if isinstance(raw, str):
+        if not raw.strip():
+            problems.append(Problem(line, path, "is empty"))
+        return {"role": "assistant", "content": raw, "weight": 1}
+    if not (isinstance(raw, list) and len(raw) == 1):
+        problems.append(Problem(line, path, "must be a list holding one assistant message (or a string), got "
+                                + (f"{len(raw)} messages" if isinstance(raw, list) else _type_name(raw))))
+        return None
+    message, errs = _parse_message(raw[0], line, f"{path}[0]")
+    problems += errs
+    if message is None:
+        return None
+    if message["role"] != "assistant":
+        problems.append(Problem(line, f"{path}[0].role", f"must be \"assistant\", got {message['role']!r}"))
+    elif not message["weight"]:
+        problems.append(Problem(line, f"{path}[0].weight", "must be 1: both answers of a pair are trained"))
+    return message
 
 
 def _check_strings(obj, line, required, optional, allowed) -> list[Problem]:

@@ -3,14 +3,15 @@
 Labels cover each trained assistant reply from its first content token through the
 end-of-turn token (so the tuned model learns to stop), and nothing else: not the system or user
 turns, not the ``<|im_start|>assistant`` header, not the newline the template puts after the turn.
+A preference example becomes a ``Pair``: the same prompt ending once in each answer, labelled alike.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
-from tunesmith.data.formats import COMPLETION, Example
+from tunesmith.data.formats import CHAT, COMPLETION, PREFERENCE, Example
 from tunesmith.errors import TemplateError
 
 IGNORE = -100
@@ -29,6 +30,44 @@ class Tokenized:
     @property
     def n_trained(self) -> int:
         return sum(1 for x in self.labels if x != IGNORE)
+
+    @property
+    def trainable(self) -> bool:
+        return self.n_trained > 0
+
+
+@dataclass
+class Pair:
+    """A preference pair: the prompt ending in the chosen answer, and ending in the rejected one.
+
+    ``reference`` is the starting model's summed log-probability of each answer (chosen, rejected),
+    set once before DPO training starts.
+    """
+
+    chosen: Tokenized
+    rejected: Tokenized
+    reference: tuple[float, float] | None = None
+
+    @property
+    def n_tokens(self) -> int:
+        return self.chosen.n_tokens + self.rejected.n_tokens
+
+    @property
+    def n_trained(self) -> int:
+        return self.chosen.n_trained + self.rejected.n_trained
+
+    @property
+    def truncated(self) -> bool:
+        return self.chosen.truncated or self.rejected.truncated
+
+    @property
+    def trainable(self) -> bool:
+        return self.chosen.trainable and self.rejected.trainable
+
+    @property
+    def prompt_tokens(self) -> int:
+        """Tokens before the answer (the prompt, rendered up to the assistant header)."""
+        return next((i for i, x in enumerate(self.chosen.labels) if x != IGNORE), self.chosen.n_tokens)
 
 
 class Renderer:
@@ -68,9 +107,16 @@ class Renderer:
             spans.append((len(before), end + len(self.end_of_turn) if end >= 0 else len(upto)))
         return text, spans
 
-    def encode(self, example: Example, max_length: int) -> Tokenized:
+    def encode(self, example: Example, max_length: int) -> Tokenized | Pair:
         if example.format == COMPLETION:
             return self._encode_completion(example, max_length)
+        if example.format == PREFERENCE:
+            chosen = replace(example, format=CHAT, rejected=None)
+            rejected = replace(chosen, messages=example.messages[:-1] + [example.rejected])
+            return Pair(self._encode_chat(chosen, max_length), self._encode_chat(rejected, max_length))
+        return self._encode_chat(example, max_length)
+
+    def _encode_chat(self, example: Example, max_length: int) -> Tokenized:
         text, spans = self.trained_spans(example)
         enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
         ids = enc["input_ids"]

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from tunesmith.data.formats import Example, Problem, parse_example
-from tunesmith.data.tokenize import Renderer, Tokenized
+from tunesmith.data.formats import PREFERENCE, Example, Problem, parse_example
+from tunesmith.data.tokenize import Pair, Renderer, Tokenized
 from tunesmith.errors import DataError, TemplateError, TunesmithError
 
 DEFAULT_MAX_LENGTH = 2048
@@ -40,9 +40,10 @@ class Report:
     examples: list[Example] = field(default_factory=list)
     errors: list[Problem] = field(default_factory=list)
     warnings: list[Problem] = field(default_factory=list)
-    tokenized: list[Tokenized] = field(default_factory=list)
+    tokenized: list[Tokenized | Pair] = field(default_factory=list)
     tokens: Distribution | None = None
     trained_tokens: Distribution | None = None
+    pair_tokens: dict[str, Distribution] | None = None  # preference data: prompt, chosen, rejected
 
     @property
     def ok(self) -> bool:
@@ -63,6 +64,7 @@ class Report:
             "warnings": [asdict(p) for p in self.warnings],
             "tokens": asdict(self.tokens) if self.tokens else None,
             "trained_tokens": asdict(self.trained_tokens) if self.trained_tokens else None,
+            "pair_tokens": {k: asdict(d) for k, d in self.pair_tokens.items()} if self.pair_tokens else None,
         }
 
 
@@ -109,9 +111,17 @@ def read_examples(path: Path, min_examples: int = MIN_EXAMPLES) -> Report:
 
 
 def validate_file(path: Path, renderer: Renderer | None, max_length: int = DEFAULT_MAX_LENGTH,
-                  min_examples: int = MIN_EXAMPLES) -> Report:
-    """Full check: structure, then (with a renderer) tokens and truncation."""
+                  min_examples: int = MIN_EXAMPLES, preference: bool | None = None) -> Report:
+    """Full check: structure, then (with a renderer) tokens and truncation.
+
+    ``preference`` says whether the training method needs preference pairs (DPO) or must not get
+    them; None accepts either."""
     report = read_examples(path, min_examples)
+    if preference is not None and report.format and (report.format == PREFERENCE) != preference:
+        shapes = '"input"/"preferred_output"/"non_preferred_output" or "prompt"/"chosen"/"rejected"'
+        report.errors.append(Problem(None, None, f"the DPO method needs preference pairs ({shapes} lines); "
+                                     f"this file's format is {report.format}" if preference else
+                                     "this file holds preference pairs: they train only with the DPO method"))
     if renderer is None or not report.examples:
         return report
     kept_examples = []
@@ -124,7 +134,7 @@ def validate_file(path: Path, renderer: Renderer | None, max_length: int = DEFAU
         if tokenized.truncated:
             report.warnings.append(Problem(example.line, None, f"longer than max length {max_length} "
                                            "tokens: truncated"))
-        if tokenized.n_trained == 0:
+        if not tokenized.trainable:
             report.warnings.append(Problem(example.line, None, "no trained tokens left after truncation: "
                                            "skipped"))
             continue
@@ -136,13 +146,18 @@ def validate_file(path: Path, renderer: Renderer | None, max_length: int = DEFAU
     if report.tokenized:
         report.tokens = Distribution.of([t.n_tokens for t in report.tokenized])
         report.trained_tokens = Distribution.of([t.n_trained for t in report.tokenized])
+    pairs = [t for t in report.tokenized if isinstance(t, Pair)]  # a mixed-format file has others too
+    if pairs:
+        report.pair_tokens = {"prompt": Distribution.of([p.prompt_tokens for p in pairs]),
+                              "chosen": Distribution.of([p.chosen.n_trained for p in pairs]),
+                              "rejected": Distribution.of([p.rejected.n_trained for p in pairs])}
     return report
 
 
 def _warn_duplicates(report: Report) -> None:
     first_seen: dict[str, int] = {}
     for ex in report.examples:
-        key = json.dumps([ex.messages, ex.tools, ex.prompt, ex.completion], sort_keys=True)
+        key = json.dumps([ex.messages, ex.tools, ex.prompt, ex.completion, ex.rejected], sort_keys=True)
         if key in first_seen:
             report.warnings.append(Problem(ex.line, None, f"exact duplicate of line {first_seen[key]}"))
         else:

@@ -32,7 +32,18 @@ from tunesmith.models import finetuned
 from tunesmith.models.loading import ensure_cached, load_renderer
 from tunesmith.train import hyper
 from tunesmith.train.events import EVENTS_FILE, read_new
+from tunesmith.train.losses import DPO_METRICS
 from tunesmith.train.run import RESULT_FILE, SPEC_FILE
+
+# An API job's method type → the training method of its job process (API jobs train LoRA adapters).
+TRAIN_METHOD = {"supervised": "lora", "dpo": "dpo"}
+# The result file's columns → the metric each holds: OpenAI's for supervised jobs, TRL's names for DPO.
+RESULT_COLUMNS = {
+    "supervised": {"step": "step", "train_loss": "train_loss", "train_accuracy": "train_mean_token_accuracy",
+                   "valid_loss": "valid_loss", "valid_mean_token_accuracy": "valid_mean_token_accuracy"},
+    "dpo": {name: name for name in ("step", "train_loss", *DPO_METRICS, "valid_loss",
+                                    *(f"valid_{m}" for m in DPO_METRICS))},
+}
 
 
 def add_event(session, job_id: str, message: str, level: str = "info", key: str | None = None,
@@ -139,7 +150,8 @@ class Worker:
             file = files.get(file_id)
             if file is None:
                 raise _FileError(param, f"{param} {file_id}: the file was deleted")
-            report = validate_file(Path(file.path), self._renderers[base], DEFAULT_MAX_LENGTH, minimum)
+            report = validate_file(Path(file.path), self._renderers[base], DEFAULT_MAX_LENGTH, minimum,
+                                   preference=job.method == "dpo")
             if report.errors:
                 shown = "; ".join(str(p) for p in report.errors[:5])
                 more = f" (and {len(report.errors) - 5} more)" if len(report.errors) > 5 else ""
@@ -150,11 +162,11 @@ class Worker:
         notes.append("Files validated; the job is queued.")
         train = reports["training_file"]
         hp = job.hyperparameters
-        resolved = hyper.resolve(len(train.tokenized), "lora", hp.get("n_epochs", "auto"),
-                                 hp.get("batch_size", "auto"), hp.get("learning_rate_multiplier", "auto"))
+        resolved = hyper.resolve(len(train.tokenized), TRAIN_METHOD[job.method], hp.get("n_epochs", "auto"),
+                                 hp.get("batch_size", "auto"), hp.get("learning_rate_multiplier", "auto"),
+                                 hp.get("beta", "auto"))
         return {"base": base, "data_format": train.format,
-                "hyperparameters": {"n_epochs": resolved.n_epochs, "batch_size": resolved.batch_size,
-                                    "learning_rate_multiplier": resolved.learning_rate_multiplier}}
+                "hyperparameters": {k: v for k, v in resolved.as_dict().items() if k != "learning_rate"}}
 
     # --- processes ---------------------------------------------------------------------------
     def job_dir(self, job_id: str) -> Path:
@@ -178,8 +190,8 @@ class Worker:
         files = {f: s.get(File, getattr(job, f)) for f in ("training_file", "validation_file") if getattr(job, f)}
         spec = {"training_file": files["training_file"].path,
                 "validation_file": files["validation_file"].path if "validation_file" in files else None,
-                "model": job.model, "suffix": job.suffix, "seed": job.seed, "org": project.name,
-                **job.hyperparameters}
+                "model": job.model, "method": TRAIN_METHOD[job.method], "suffix": job.suffix, "seed": job.seed,
+                "org": project.name, **job.hyperparameters}
         job_dir = self.job_dir(job.id)
         job_dir.mkdir(parents=True, exist_ok=True)
         tmp = job_dir / (SPEC_FILE + ".tmp")
@@ -255,13 +267,13 @@ class Worker:
         events = s.scalars(select(Event).where(Event.job_id == job.id, Event.type == "metrics")
                            .order_by(Event.seq)).all()
         ckpts = {c.step: c.metrics for c in s.scalars(select(Checkpoint).where(Checkpoint.job_id == job.id))}
+        columns = RESULT_COLUMNS[job.method]
         out = io.StringIO()
         writer = csv.writer(out)
-        writer.writerow(["step", "train_loss", "train_accuracy", "valid_loss", "valid_mean_token_accuracy"])
+        writer.writerow(columns)
         for e in sorted(events, key=lambda e: e.data["step"]):
-            valid = ckpts.get(e.data["step"], {})
-            writer.writerow([e.data["step"], e.data["train_loss"], e.data["train_mean_token_accuracy"],
-                             valid.get("valid_loss", ""), valid.get("valid_mean_token_accuracy", "")])
+            metrics = {**ckpts.get(e.data["step"], {}), **e.data}  # validation metrics come with checkpoints
+            writer.writerow([metrics.get(name, "") for name in columns.values()])
         file_id = "file-" + job.id.removeprefix("ftjob-")  # one per job, however often this runs
         path = self.settings.files_dir / file_id
         write_atomic(path, out.getvalue().encode())

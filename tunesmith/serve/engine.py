@@ -52,7 +52,7 @@ class Engine:
         self._full: dict[str, object] = {}
         self._stop_ids = sorted({self.renderer.end_of_turn_id, self.tokenizer.eos_token_id})
 
-    def _select(self, model: str | ResolvedModel):
+    def select(self, model: str | ResolvedModel):
         """The model object to run for ``model``, with the right adapter active."""
         resolved = model if isinstance(model, ResolvedModel) else finetuned.resolve(model, self.settings)
         if resolved.base != self.info.name:
@@ -123,7 +123,7 @@ class Engine:
                  sampling: Sampling | None = None, batch_size: int = 8) -> list[Reply]:
         """Answer many conversations (or raw prompts) with one model, batched."""
         sampling = sampling or Sampling()
-        selected, resolved = self._select(model)
+        selected, resolved = self.select(model)
         prompts = [self._prompt_ids(resolved, c) for c in conversations]
         replies: list[Reply] = []
         for start in range(0, len(prompts), batch_size):
@@ -140,7 +140,7 @@ class Engine:
 
         The pieces join up to exactly ``Reply.text``. Closing the iterator early stops the generation."""
         sampling = sampling or Sampling()
-        selected, resolved = self._select(model)
+        selected, resolved = self.select(model)
         prompt = self._prompt_ids(resolved, conversation)
         feed = _TokenFeed()
         kwargs = {**self._inputs([prompt]), **self._generate_kwargs(sampling), "streamer": feed}

@@ -3,6 +3,7 @@
 Epochs follow OpenAI's published rule (cookbook: target 3 epochs, at least ~100 example passes,
 at most ~25k). OpenAI does not publish its batch-size or learning-rate rules; ours aim at about
 40 optimizer steps per epoch and a base learning rate per method that a multiplier scales.
+DPO uses the same epoch and batch rules (as OpenAI does) and a beta, "auto" = 0.1.
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ from dataclasses import asdict, dataclass
 from tunesmith.data.validate import MIN_EXAMPLES
 from tunesmith.errors import TunesmithError
 
-BASE_LEARNING_RATE = {"lora": 5e-4, "full": 3e-5}
+# DPO (a LoRA adapter): PLACEHOLDER
+BASE_LEARNING_RATE = {"lora": 5e-4, "full": 3e-5, "dpo": 5e-5}
+DEFAULT_BETA = 0.1  # TRL's default, and OpenAI's "auto"
 WARMUP_FRACTION = 0.1
 
 
@@ -23,9 +26,10 @@ class Hyperparameters:
     batch_size: int
     learning_rate_multiplier: float
     learning_rate: float
+    beta: float | None = None  # DPO only
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        return {k: v for k, v in asdict(self).items() if v is not None}
 
 
 def auto_epochs(n_examples: int) -> int:
@@ -53,14 +57,18 @@ def _parse(value, name: str, cast, minimum):
 
 
 def resolve(n_examples: int, method: str, n_epochs="auto", batch_size="auto",
-            learning_rate_multiplier="auto") -> Hyperparameters:
+            learning_rate_multiplier="auto", beta="auto") -> Hyperparameters:
     """Turn user values (numbers, numeric strings or "auto") into concrete hyperparameters."""
     if n_examples < MIN_EXAMPLES:
         raise TunesmithError(f"at least {MIN_EXAMPLES} training examples are required, got {n_examples}")
     epochs = _parse(n_epochs, "n_epochs", int, 1) or auto_epochs(n_examples)
     batch = _parse(batch_size, "batch_size", int, 1) or auto_batch_size(n_examples)
     mult = _parse(learning_rate_multiplier, "learning_rate_multiplier", float, 1e-6) or 1.0
-    return Hyperparameters(epochs, min(batch, n_examples), mult, BASE_LEARNING_RATE[method] * mult)
+    dpo_beta = _parse(beta, "beta", float, 1e-6) or DEFAULT_BETA
+    if method != "dpo" and beta not in (None, "auto"):
+        raise TunesmithError("beta applies only to the DPO method")
+    return Hyperparameters(epochs, min(batch, n_examples), mult, BASE_LEARNING_RATE[method] * mult,
+                           dpo_beta if method == "dpo" else None)
 
 
 def lr_lambda(total_steps: int):

@@ -1,5 +1,8 @@
 """The one training loop: steps, validation, per-epoch checkpoints, clean stop, resume.
 
+What a step minimises is the config's ``objective`` (``losses.py``): SFT on tokenized examples, or
+DPO on preference pairs whose reference log-probs were attached before training.
+
 It knows nothing of files, databases or terminals: progress goes to a ``Reporter`` and a stop is
 asked through ``stop_requested`` (checked between optimizer steps, so a stop never leaves a
 half-applied update). A checkpoint holds everything needed to continue bit-for-bit: trained
@@ -10,6 +13,7 @@ from __future__ import annotations
 
 import shutil
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,10 +21,10 @@ from typing import Protocol
 
 import torch
 
-from tunesmith.data.batching import DEFAULT_MICRO_BATCH_TOKENS, collate, epoch_order, micro_batches
-from tunesmith.data.tokenize import Tokenized
+from tunesmith.data.batching import DEFAULT_MICRO_BATCH_TOKENS, epoch_order, micro_batches
+from tunesmith.data.tokenize import Pair, Tokenized
 from tunesmith.train.hyper import lr_lambda
-from tunesmith.train.losses import sft_loss
+from tunesmith.train.losses import SFT, Objective
 
 STATE_FILE = "trainer_state.pt"
 
@@ -34,6 +38,7 @@ class LoopConfig:
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     micro_batch_tokens: int = DEFAULT_MICRO_BATCH_TOKENS
+    objective: Objective = field(default_factory=SFT)  # SFT on examples, or DPO on preference pairs
 
 
 @dataclass
@@ -59,10 +64,11 @@ class Reporter(Protocol):
     def on_checkpoint(self, checkpoint: Checkpoint) -> None: ...
 
 
-def train(model, train_set: list[Tokenized], cfg: LoopConfig, checkpoint_dir: Path, reporter: Reporter,
-          pad_id: int, valid_set: list[Tokenized] | None = None, resume_from: Path | None = None,
-          stop_requested: Callable[[], bool] = lambda: False) -> LoopResult:
-    lengths = [t.n_tokens for t in train_set]
+def train(model, train_set: list[Tokenized] | list[Pair], cfg: LoopConfig, checkpoint_dir: Path,
+          reporter: Reporter, pad_id: int, valid_set: list[Tokenized] | list[Pair] | None = None,
+          resume_from: Path | None = None, stop_requested: Callable[[], bool] = lambda: False) -> LoopResult:
+    objective = cfg.objective
+    widths = [objective.width(t) for t in train_set]
     steps_per_epoch = len(epoch_order(len(train_set), cfg.batch_size, cfg.seed, 0))
     total_steps = steps_per_epoch * cfg.n_epochs
     params = [p for p in model.parameters() if p.requires_grad]
@@ -86,24 +92,23 @@ def train(model, train_set: list[Tokenized], cfg: LoopConfig, checkpoint_dir: Pa
     for epoch in range(step // steps_per_epoch, cfg.n_epochs):
         order = epoch_order(len(train_set), cfg.batch_size, cfg.seed, epoch)
         for indices in order[step - epoch * steps_per_epoch :]:
-            n_trained = sum(train_set[i].n_trained for i in indices)
-            loss_sum, correct = 0.0, 0
-            for group in micro_batches(indices, lengths, cfg.micro_batch_tokens):
-                batch = collate([train_set[i] for i in group], pad_id)
-                loss, n_correct, _ = sft_loss(model, batch)
-                (loss / n_trained).backward()
-                loss_sum += float(loss.detach())
-                correct += n_correct
-                tokens_seen += batch.n_tokens
+            weight = sum(objective.weight(train_set[i]) for i in indices)
+            sums: Counter[str] = Counter()
+            for group in micro_batches(indices, widths, cfg.micro_batch_tokens):
+                items = [train_set[i] for i in group]
+                loss, stats = objective(model, items, pad_id)
+                (loss / weight).backward()
+                sums.update(stats)
+                tokens_seen += sum(t.n_tokens for t in items)
             torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
             optimizer.step()
             schedule.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
-            trained_tokens += sum(lengths[i] for i in indices)
+            trained_tokens += sum(train_set[i].n_tokens for i in indices)
             elapsed = time.perf_counter() - started
             metrics = {"step": step, "total_steps": total_steps, "epoch": epoch + 1,
-                       "train_loss": loss_sum / n_trained, "train_mean_token_accuracy": correct / n_trained,
+                       **{name: total / weight for name, total in sums.items()},
                        "learning_rate": schedule.get_last_lr()[0], "tokens_per_second": tokens_seen / elapsed}
             reporter.on_step(metrics)
             if stop_requested() and step % steps_per_epoch:
@@ -111,7 +116,7 @@ def train(model, train_set: list[Tokenized], cfg: LoopConfig, checkpoint_dir: Pa
                       trained_tokens, checkpoints, reporter, keep=False)
                 return LoopResult(False, step, trained_tokens, metrics, checkpoints)
         if valid_set:
-            metrics.update(evaluate(model, valid_set, pad_id, cfg.micro_batch_tokens))
+            metrics.update(evaluate(model, valid_set, pad_id, cfg.micro_batch_tokens, objective))
             model.train()
         _save(model, optimizer, schedule, checkpoint_dir, step, epoch + 1, metrics, trained_tokens,
               checkpoints, reporter, keep=True)
@@ -152,13 +157,14 @@ def resumable_checkpoint(checkpoint_dir: Path) -> Path | None:
 
 
 @torch.no_grad()
-def evaluate(model, dataset: list[Tokenized], pad_id: int,
-             micro_batch_tokens: int = DEFAULT_MICRO_BATCH_TOKENS) -> dict[str, float]:
-    """Mean loss and token accuracy over the trained tokens of a dataset."""
+def evaluate(model, dataset: list[Tokenized] | list[Pair], pad_id: int,
+             micro_batch_tokens: int = DEFAULT_MICRO_BATCH_TOKENS, objective: Objective = SFT()) -> dict[str, float]:
+    """The objective's step metrics over a whole dataset, each named ``valid_`` + its name without
+    ``train_`` (valid_loss, valid_mean_token_accuracy, valid_rewards/accuracies, …)."""
     model.eval()
-    lengths = [t.n_tokens for t in dataset]
-    loss_sum, correct, total = 0.0, 0, 0
-    for group in micro_batches(list(range(len(dataset))), lengths, micro_batch_tokens):
-        loss, n_correct, n = sft_loss(model, collate([dataset[i] for i in group], pad_id))
-        loss_sum, correct, total = loss_sum + float(loss), correct + n_correct, total + n
-    return {"valid_loss": loss_sum / max(total, 1), "valid_mean_token_accuracy": correct / max(total, 1)}
+    widths = [objective.width(t) for t in dataset]
+    sums: Counter[str] = Counter()
+    for group in micro_batches(list(range(len(dataset))), widths, micro_batch_tokens):
+        sums.update(objective(model, [dataset[i] for i in group], pad_id)[1])
+    weight = max(sum(objective.weight(t) for t in dataset), 1)
+    return {"valid_" + name.removeprefix("train_"): total / weight for name, total in sums.items()}

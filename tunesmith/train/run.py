@@ -17,13 +17,15 @@ from pathlib import Path
 import torch
 
 from tunesmith.config import Settings, enforce_offline, get_settings
+from tunesmith.data.tokenize import Pair
 from tunesmith.data.validate import DEFAULT_MAX_LENGTH, Report, validate_file
 from tunesmith.errors import TunesmithError
 from tunesmith.models import finetuned
 from tunesmith.models.loading import BaseInfo, ensure_cached, load_model, load_renderer
-from tunesmith.train import hyper, loop
+from tunesmith.train import hyper, loop, losses
 
-METHODS = ("lora", "full")
+METHODS = ("lora", "full", "dpo")  # dpo: preference pairs, trained as a LoRA adapter
+REFERENCE_FILE = "reference_logps.pt"
 
 
 @dataclass
@@ -35,6 +37,7 @@ class TrainSpec:
     n_epochs: int | str = "auto"
     batch_size: int | str = "auto"
     learning_rate_multiplier: float | str = "auto"
+    beta: float | str = "auto"  # DPO only
     suffix: str | None = None
     seed: int | None = None
     max_length: int = DEFAULT_MAX_LENGTH
@@ -78,8 +81,12 @@ def check_spec(spec: TrainSpec) -> None:
         raise TunesmithError("max_length must be at least 16 tokens")
 
 
-def _validated(path: Path, renderer, max_length: int, reporter: JobReporter, min_examples: int) -> Report:
-    report = validate_file(path, renderer, max_length, min_examples)
+def _weights_kind(method: str | None) -> str:
+    return "full" if method == "full" else "adapter"
+
+
+def _validated(path: Path, spec: TrainSpec, renderer, reporter: JobReporter, min_examples: int) -> Report:
+    report = validate_file(path, renderer, spec.max_length, min_examples, preference=spec.method == "dpo")
     reporter.on_validated(report)
     report.raise_for_errors()
     return report
@@ -97,17 +104,18 @@ def run_job(spec: TrainSpec, reporter: JobReporter, settings: Settings | None = 
     settings = settings or get_settings()
     started = time.perf_counter()
     start = finetuned.resolve(spec.model, settings)
-    if start.weights is not None and start.method != spec.method:
-        raise TunesmithError(f"{spec.model} was tuned with method {start.method}; continue it with the "
-                             "same method")
+    # LoRA and DPO models are both LoRA adapters: either continues the other (SFT, then DPO).
+    if start.weights is not None and _weights_kind(start.method) != _weights_kind(spec.method):
+        raise TunesmithError(f"{spec.model} was tuned with method {start.method}; method {spec.method} "
+                             "cannot continue it (full fine-tuning and LoRA adapters do not mix)")
     info = ensure_cached(start.base, settings, status=reporter.on_message)
     renderer = load_renderer(info)
-    train_report = _validated(spec.training_file, renderer, spec.max_length, reporter, hyper.MIN_EXAMPLES)
-    valid_set = None
+    train_report = _validated(spec.training_file, spec, renderer, reporter, hyper.MIN_EXAMPLES)
+    valid_set = []
     if spec.validation_file:
-        valid_set = _validated(spec.validation_file, renderer, spec.max_length, reporter, 1).tokenized
+        valid_set = _validated(spec.validation_file, spec, renderer, reporter, 1).tokenized
     hp = hyper.resolve(len(train_report.tokenized), spec.method, spec.n_epochs, spec.batch_size,
-                       spec.learning_rate_multiplier)
+                       spec.learning_rate_multiplier, spec.beta)
     seed = spec.seed if spec.seed is not None else random.randrange(2**31)
 
     job_id = job_id or f"ftjob-{finetuned.new_id(24)}"
@@ -118,13 +126,19 @@ def run_job(spec: TrainSpec, reporter: JobReporter, settings: Settings | None = 
 
     torch.set_num_threads(settings.threads)
     torch.manual_seed(seed)
-    model = _build_model(info, resume_from or start.weights, spec)
+    model = build_model(info, resume_from or start.weights, spec)
+    pad_id = renderer.tokenizer.pad_token_id
+    objective: losses.Objective = losses.SFT()
+    if spec.method == "dpo":
+        _attach_reference(model, train_report.tokenized + valid_set, job_dir / REFERENCE_FILE, pad_id, reporter)
+        objective = losses.DPO(hp.beta)
 
+    beta = f", beta {hp.beta:g}" if hp.beta is not None else ""
     reporter.on_message(f"Job {job_id}: {len(train_report.tokenized)} examples, {hp.n_epochs} epochs, "
-                        f"batch size {hp.batch_size}, learning rate {hp.learning_rate:.2e}, seed {seed}")
-    cfg = loop.LoopConfig(hp.n_epochs, hp.batch_size, hp.learning_rate, seed)
+                        f"batch size {hp.batch_size}, learning rate {hp.learning_rate:.2e}{beta}, seed {seed}")
+    cfg = loop.LoopConfig(hp.n_epochs, hp.batch_size, hp.learning_rate, seed, objective=objective)
     result = loop.train(model, train_report.tokenized, cfg, job_dir / "checkpoints", reporter,
-                        pad_id=renderer.tokenizer.pad_token_id, valid_set=valid_set, resume_from=resume_from,
+                        pad_id=pad_id, valid_set=valid_set, resume_from=resume_from,
                         stop_requested=stop_requested)
     outcome = JobResult(job_id, "succeeded" if result.completed else "stopped", None, result.trained_tokens,
                         seed, hp.as_dict(), result.metrics)
@@ -150,7 +164,27 @@ def run_job(spec: TrainSpec, reporter: JobReporter, settings: Settings | None = 
     return outcome
 
 
-def _build_model(info: BaseInfo, previous: Path | None, spec: TrainSpec):
+def _attach_reference(model, pairs: list[Pair], path: Path, pad_id: int, reporter: JobReporter) -> None:
+    """DPO's reference: the starting weights' log-probs of every answer, computed once before the first step.
+
+    Precomputed (TRL's ``precompute_ref_log_probs``) rather than recomputed every step with the
+    adapter disabled, because that is right for every start: a base model, an ``ft:`` model whose
+    adapter goes on training (its reference is that model, adapter included, not the bare base), a
+    full model; it needs no second model in memory and one forward pass in all instead of one per
+    step. Kept in the job directory: a resumed job's weights are no longer the starting ones."""
+    if path.exists():
+        for pair, reference in zip(pairs, torch.load(path).tolist(), strict=True):
+            pair.reference = tuple(reference)
+        return
+    reporter.on_message(f"Computing the reference log-probabilities of {len(pairs)} preference pairs")
+    losses.attach_reference(model, pairs, pad_id)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(torch.tensor([p.reference for p in pairs], dtype=torch.float64), tmp)
+    os.replace(tmp, path)
+
+
+def build_model(info: BaseInfo, previous: Path | None, spec: TrainSpec):
     if spec.method == "full":
         return load_model(BaseInfo(info.name, previous, info.end_of_turn) if previous else info)
     from peft import LoraConfig, PeftModel, get_peft_model
@@ -196,21 +230,22 @@ class EventReporter(JobReporter):
     def on_step(self, m: dict) -> None:
         done = m["step"] - self.first_step
         eta = time.time() + (time.time() - self.started) / done * (m["total_steps"] - m["step"])
-        data = {"step": m["step"], "total_steps": m["total_steps"], "train_loss": m["train_loss"],
-                "train_mean_token_accuracy": m["train_mean_token_accuracy"]}
+        data = {k: m[k] for k in ("step", "total_steps", *_STEP_METRICS) if k in m}
         self.log.write("event", key=f"step-{m['step']}", type="metrics", message=f"Step {m['step']}/{m['total_steps']}: "
                        f"training loss={m['train_loss']:.4f}", data=data, estimated_finish=int(eta))
 
     def on_checkpoint(self, ckpt: loop.Checkpoint) -> None:
         metrics = {"step": ckpt.step, **{k: v for k, v in ckpt.metrics.items() if k in _CHECKPOINT_METRICS}}
-        for name in ("loss", "mean_token_accuracy"):  # evaluated on the whole validation file
-            if f"valid_{name}" in metrics:
-                metrics[f"full_valid_{name}"] = metrics[f"valid_{name}"]
+        for name in [k for k in metrics if k.startswith("valid_")]:  # evaluated on the whole validation file
+            metrics[f"full_{name}"] = metrics[name]
         self.log.write("checkpoint", key=f"ckpt-{ckpt.step}", step=ckpt.step, epoch=ckpt.epoch,
                        path=str(ckpt.path), metrics=metrics)
 
 
-_CHECKPOINT_METRICS = ("train_loss", "train_mean_token_accuracy", "valid_loss", "valid_mean_token_accuracy")
+# Step metrics as OpenAI names them (supervised) and as TRL names them (DPO); validation ones are
+# "valid_" + the name without "train_".
+_STEP_METRICS = ("train_loss", "train_mean_token_accuracy", *losses.DPO_METRICS)
+_CHECKPOINT_METRICS = (*_STEP_METRICS, *("valid_" + m.removeprefix("train_") for m in _STEP_METRICS))
 
 
 def _die_with_parent() -> None:

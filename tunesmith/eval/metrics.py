@@ -1,0 +1,131 @@
+"""Scores of one generated answer against its reference answer, and their rates over a data set.
+
+A score is True, False, or None where it does not apply: the JSON scores only count where the
+reference is a JSON object or array (a rate of "valid JSON" means nothing for prose answers).
+``contains`` and ``regex`` are scored only when asked for. A rate is taken over the items a score
+applies to.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import unicodedata
+from dataclasses import dataclass
+from typing import Any
+
+from tunesmith.errors import TunesmithError
+
+Scores = dict[str, bool | None]
+
+
+@dataclass(frozen=True)
+class Checks:
+    """Checks asked for by the user, beyond the fixed scores."""
+
+    contains: str | None = None  # the answer holds this text (case-sensitive)
+    regex: str | None = None  # re.search finds this pattern in the answer
+
+    def __post_init__(self) -> None:
+        if self.regex is not None:
+            try:
+                re.compile(self.regex)
+            except re.error as exc:
+                raise TunesmithError(f"invalid --regex {self.regex!r}: {exc}") from None
+
+
+@dataclass(frozen=True)
+class Rate:
+    hits: int
+    n: int  # items the score applies to
+
+    @property
+    def value(self) -> float | None:
+        return self.hits / self.n if self.n else None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"rate": self.value, "hits": self.hits, "n": self.n}
+
+
+def exact(answer: str, reference: str) -> bool:
+    return answer == reference
+
+
+def normalise(text: str) -> str:
+    """Casefolded, runs of whitespace made one space, punctuation and spaces cut from both ends."""
+    text = " ".join(text.casefold().split())
+    start, end = 0, len(text)
+    while start < end and _trimmed(text[start]):
+        start += 1
+    while end > start and _trimmed(text[end - 1]):
+        end -= 1
+    return text[start:end]
+
+
+def _trimmed(char: str) -> bool:
+    return char.isspace() or unicodedata.category(char).startswith("P")
+
+
+def normalised(answer: str, reference: str) -> bool:
+    return normalise(answer) == normalise(reference)
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def parse_json(text: str) -> tuple[bool, Any]:
+    """(True, value) if ``text`` is one JSON value, else (False, None).
+
+    Stricter than ``json.loads``, which also takes NaN and Infinity: a program reading the answer
+    as JSON would reject those."""
+    try:
+        return True, json.loads(text, parse_constant=_reject_constant)
+    except ValueError:  # JSONDecodeError is a ValueError
+        return False, None
+
+
+def json_valid(answer: str) -> bool:
+    return parse_json(answer)[0]
+
+
+def same_json(a: Any, b: Any) -> bool:
+    """Equal as JSON values: objects ignore key order, arrays keep theirs; unlike Python's ``==``,
+    true is not 1 and false is not 0 (an integer field answered as a boolean is wrong)."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return a is b
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(same_json(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(map(same_json, a, b))
+    if isinstance(a, int | float) and isinstance(b, int | float):
+        return a == b  # 1 and 1.0 are the same JSON number
+    return type(a) is type(b) and a == b
+
+
+def json_equal(answer: str, reference: str) -> bool:
+    (ok_a, a), (ok_r, r) = parse_json(answer), parse_json(reference)
+    return ok_a and ok_r and same_json(a, r)
+
+
+def score(answer: str, reference: str, checks: Checks = Checks()) -> Scores:
+    ok, value = parse_json(reference)
+    structured = ok and isinstance(value, dict | list)
+    scores: Scores = {
+        "exact_match": exact(answer, reference),
+        "normalised_match": normalised(answer, reference),
+        "json_valid": json_valid(answer) if structured else None,
+        "json_equal": json_equal(answer, reference) if structured else None,
+    }
+    if checks.contains is not None:
+        scores["contains"] = checks.contains in answer
+    if checks.regex is not None:
+        scores["regex"] = re.search(checks.regex, answer) is not None
+    return scores
+
+
+def aggregate(items: list[Scores]) -> dict[str, Rate]:
+    """The rate of every score, over the items it applies to (n = 0: it applied to none)."""
+    names = dict.fromkeys(name for scores in items for name in scores)
+    return {name: Rate(sum(s.get(name) is True for s in items), sum(s.get(name) is not None for s in items))
+            for name in names}
