@@ -22,7 +22,7 @@ SHELL := /bin/bash
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install test-clients demo test clean
+.PHONY: install test-clients demo dpo-demo bench-dpo-memory test clean
 
 install: $(STAMP)
 
@@ -59,6 +59,18 @@ demo: install
 	$(BIN)/tunesmith train $(DEMO)/train.jsonl --suffix demo --seed 0 | tee $(DEMO)/model.txt
 	$(BIN)/python examples/json_extraction/score.py $(DEMO)/heldout.jsonl \
 		smollm2-135m-instruct "$$(cat $(DEMO)/model.txt)" --show 5
+
+# Preference tuning: pairs of the model's own answers with and without a sign-off line, a default DPO
+# run, then how often base and tuned model sign off their answers to held-out prompts.
+dpo-demo: install
+	$(BIN)/python examples/preference/generate.py --out $(DEMO)/preference
+	$(BIN)/tunesmith train $(DEMO)/preference/train.jsonl --method dpo --suffix dpo-demo --seed 0 \
+		| tee $(DEMO)/preference/model.txt
+	$(BIN)/python examples/preference/score.py $(DEMO)/preference/heldout.jsonl \
+		smollm2-135m-instruct "$$(cat $(DEMO)/preference/model.txt)" --show 3
+
+bench-dpo-memory: install
+	$(BIN)/python bench/dpo_memory.py
 
 test: install test-clients
 	$(BIN)/python -m pytest -q

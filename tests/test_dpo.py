@@ -14,6 +14,8 @@ from test_loop import Recorder, lora, weights
 from tunesmith.cli import app
 from tunesmith.data.formats import PREFERENCE, parse_example
 from tunesmith.data.tokenize import IGNORE
+from tunesmith.errors import TunesmithError
+from tunesmith.train.hyper import resolve
 from tunesmith.train import loop
 from tunesmith.train.losses import DPO, attach_reference
 from tunesmith.train.run import REFERENCE_FILE, _attach_reference
@@ -143,6 +145,15 @@ def test_validate_reports_pair_statistics_and_dpo_hyperparameters(tmp_path, smol
     assert "chosen tokens" in result.output and "beta 0.1" in result.output
 
 
+def test_beta_is_a_dpo_hyperparameter():
+    assert resolve(200, "dpo").beta == 0.1 and resolve(200, "dpo", beta="0.5").beta == 0.5
+    assert resolve(200, "lora").beta is None and "beta" not in resolve(200, "lora").as_dict()
+    with pytest.raises(TunesmithError, match="beta applies only to the DPO method"):
+        resolve(200, "lora", beta=0.2)
+    with pytest.raises(TunesmithError, match="beta must be at least"):
+        resolve(200, "dpo", beta=0)
+
+
 # --- the loss -------------------------------------------------------------------------------------
 
 def pairs_of(renderer, rows):
@@ -175,8 +186,8 @@ def test_dpo_loss_and_rewards_match_a_hand_computation(tiny_model_factory, rende
             rejected = beta * (hand_logps(policy, p.rejected) - ref_r)
             expected.append((float(-F.logsigmoid(torch.tensor(chosen - rejected))), chosen, rejected))
     loss, stats = DPO(beta)(policy, pairs, pad_id=2)  # one padded batch of all six sequences
-    assert float(loss) == pytest.approx(sum(e[0] for e in expected), abs=1e-4)
-    assert stats["train_loss"] == pytest.approx(float(loss))
+    assert float(loss.detach()) == pytest.approx(sum(e[0] for e in expected), abs=1e-4)
+    assert stats["train_loss"] == pytest.approx(float(loss.detach()))
     assert stats["rewards/chosen"] == pytest.approx(sum(e[1] for e in expected), abs=1e-4)
     assert stats["rewards/rejected"] == pytest.approx(sum(e[2] for e in expected), abs=1e-4)
     assert stats["rewards/margins"] == pytest.approx(sum(e[1] - e[2] for e in expected), abs=1e-4)
