@@ -1,4 +1,5 @@
-"""The training loop on a tiny random model: learning, determinism, checkpoints, stop and resume."""
+"""The training loop on a tiny random model: learning, determinism, checkpoints, stop and resume,
+the overfitting guard."""
 
 from pathlib import Path
 
@@ -38,9 +39,9 @@ def weights(model) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.named_parameters() if v.requires_grad}
 
 
-def run(model, dataset, tmp: Path, epochs=3, stop_at=None, resume_from=None, valid=None, lr=5e-3):
+def run(model, dataset, tmp: Path, epochs=3, stop_at=None, resume_from=None, valid=None, lr=5e-3, **guard):
     rec = Recorder()
-    cfg = loop.LoopConfig(n_epochs=epochs, batch_size=4, learning_rate=lr, seed=7)
+    cfg = loop.LoopConfig(n_epochs=epochs, batch_size=4, learning_rate=lr, seed=7, **guard)
     result = loop.train(model, dataset, cfg, tmp, rec, pad_id=2, valid_set=valid, resume_from=resume_from,
                         stop_requested=lambda: stop_at is not None and len(rec.steps) >= stop_at)
     return result, rec
@@ -91,3 +92,55 @@ def test_evaluate_reports_loss_and_accuracy(tiny_model_factory, dataset):
     metrics = loop.evaluate(tiny_model_factory(), dataset, pad_id=2)
     assert metrics["valid_loss"] > 5  # random model over a 49k vocabulary
     assert 0 <= metrics["valid_mean_token_accuracy"] <= 1
+
+
+@pytest.fixture(scope="module")
+def contrary(renderer):
+    """Validation answers in another form than the training ones ("It is 3" against "3"): they share the
+    end of turn that training first teaches, then fitting the bare numbers better fits them worse."""
+    rows = [{"user": f"What is {i} plus one?", "assistant": f"It is {i + 1}"} for i in range(6)]
+    return [renderer.encode(parse_example(r, n)[0], 128) for n, r in enumerate(rows, 1)]
+
+
+def valid_losses(checkpoints) -> list[float]:
+    return [round(c.metrics["valid_loss"], 4) for c in checkpoints]
+
+
+def test_guard_stops_when_validation_loss_turns_up_and_picks_the_best_epoch(tiny_model_factory, dataset,
+                                                                             contrary, tmp_path):
+    result, rec = run(tiny_model_factory(), dataset, tmp_path, epochs=15, valid=contrary, lr=1e-2, patience=2)
+    losses, best = valid_losses(result.checkpoints), result.best
+    assert result.completed and result.early_stopped
+    assert len(result.checkpoints) == best.epoch + 2 < 15, losses  # stopped after 2 epochs without a new low
+    assert best.metrics["valid_loss"] == min(c.metrics["valid_loss"] for c in result.checkpoints)
+    assert all(c.metrics["valid_loss"] > best.metrics["valid_loss"] for c in result.checkpoints[best.epoch:])
+    # What overfitting looks like: training loss still falling while validation loss goes up.
+    train = [c.metrics["train_loss"] for c in result.checkpoints]
+    assert train[-1] < train[best.epoch - 1], (train, losses)
+
+
+def test_guard_off_trains_every_epoch(tiny_model_factory, dataset, contrary, tmp_path):
+    result, _ = run(tiny_model_factory(), dataset, tmp_path, epochs=6, valid=contrary, lr=1e-2, patience=None)
+    assert result.completed and not result.early_stopped and result.best is None
+    assert len(result.checkpoints) == 6
+
+
+def test_guard_without_validation_data_keeps_the_last_epoch(tiny_model_factory, dataset, tmp_path):
+    result, _ = run(tiny_model_factory(), dataset, tmp_path, epochs=2, patience=1)
+    assert result.best is None and not result.early_stopped and len(result.checkpoints) == 2
+
+
+def test_resuming_a_run_the_guard_ended_trains_no_further(tiny_model_factory, dataset, contrary, tmp_path):
+    stopped, _ = run(tiny_model_factory(), dataset, tmp_path, epochs=15, valid=contrary, lr=1e-2, patience=2)
+    last = loop.resumable_checkpoint(tmp_path)  # as a job killed right after its last checkpoint finds it
+    again, rec = run(tiny_model_factory(), dataset, tmp_path, epochs=15, valid=contrary, lr=1e-2, patience=2,
+                     resume_from=last)
+    assert again.early_stopped and again.step == stopped.step and rec.steps == []
+    assert again.best.step == stopped.best.step
+
+
+def test_eval_steps_adds_validation_metrics_to_those_steps(tiny_model_factory, dataset, tmp_path):
+    _, rec = run(tiny_model_factory(), dataset, tmp_path, epochs=2, valid=dataset[:2], eval_steps=2)
+    # Steps 2 and 4; step 6 ends an epoch, whose evaluation goes to the checkpoint instead.
+    assert [m["step"] for m in rec.steps if "valid_loss" in m] == [2, 4]
+    assert all("valid_loss" in c.metrics for c in rec.checkpoints)

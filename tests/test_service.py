@@ -76,11 +76,11 @@ def data(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def done_job(alpha, data):
-    """A finished job of project alpha: 20 examples, 2 epochs of batch 4 = 10 steps."""
+    """A finished job of project alpha: 20 examples, 2 epochs of batch 4 = 10 steps, validated every 3."""
     train = alpha.files.create(file=data["train"].open("rb"), purpose="fine-tune")
     valid = alpha.files.create(file=data["valid"].open("rb"), purpose="fine-tune")
     job = alpha.fine_tuning.jobs.create(model=SMOL, training_file=train.id, validation_file=valid.id, suffix="svc",
-                                        seed=7, hyperparameters={"n_epochs": 2, "batch_size": 4},
+                                        seed=7, hyperparameters={"n_epochs": 2, "batch_size": 4, "eval_steps": 3},
                                         metadata={"team": "colours"})
     assert job.status == "validating_files"
     job = finished(alpha, job.id)
@@ -123,7 +123,14 @@ def test_job_succeeds_with_events_checkpoints_and_result_file(alpha, done_job):
     (result,) = job.result_files
     rows = list(csv.DictReader(io.StringIO(alpha.files.content(result).text)))
     assert [int(r["step"]) for r in rows] == list(range(1, 11))
-    assert rows[4]["valid_loss"] and not rows[3]["valid_loss"]  # validation at each epoch's end
+    # Validation at each epoch's end (steps 5, 10) and every eval_steps (3, 6, 9).
+    assert [int(r["step"]) for r in rows if r["valid_loss"]] == [3, 5, 6, 9, 10]
+    assert {"valid_loss", "valid_mean_token_accuracy"} <= set(next(e for e in metrics if e.data["step"] == 3).data)
+    # The guard named the checkpoint with the lowest validation loss as the model.
+    best = min(ckpts, key=lambda c: c.metrics.full_valid_loss)
+    assert job.hyperparameters.model_extra["early_stopping"] is True
+    if best is not ckpts[0]:
+        assert any(e.message.startswith(f"Best epoch {best.step_number // 5}") for e in events)
 
     listed = alpha.fine_tuning.jobs.list(metadata={"team": "colours"}).data
     assert [j.id for j in listed] == [job.id]
@@ -178,6 +185,21 @@ def test_dpo_job_continues_a_tuned_model(alpha, done_job, tmp_path):
     assert wrong.status == "failed" and "the DPO method needs preference pairs" in wrong.error.message
     with pytest.raises(openai.BadRequestError, match="not supported"):
         alpha.fine_tuning.jobs.create(model=SMOL, training_file=chat.id, method={"type": "reinforcement"})
+
+
+def test_evaluation_of_base_and_tuned_model_on_an_uploaded_file(alpha, done_job):
+    job, _, valid = done_job
+    report = alpha.post("/evaluations", cast_to=object, body={
+        "models": [SMOL, job.fine_tuned_model], "file": valid.id, "limit": 4, "max_tokens": 16,
+        "contains": "Colour"})
+    base, tuned = report["reports"]
+    assert [base["model"], tuned["model"]] == [SMOL, job.fine_tuned_model] and base["data"] == valid.id
+    assert base["examples"] == tuned["examples"] == 4
+    assert tuned["loss"] < base["loss"]  # tuned on the same kind of answers
+    assert tuned["scores"]["contains"]["hits"] > base["scores"]["contains"]["hits"]
+    assert job.fine_tuned_model in report["markdown"] and report["html"].lstrip().lower().startswith("<!doctype")
+    with pytest.raises(openai.BadRequestError, match="regex"):
+        alpha.post("/evaluations", cast_to=object, body={"models": [SMOL], "file": valid.id, "regex": "("})
 
 
 def test_models_list_retrieve_delete(alpha, beta, done_job, data):
@@ -286,6 +308,10 @@ def test_other_project_sees_nothing(alpha, beta, server, done_job):
         assert r.status_code == 404
     r = http.post("/fine_tuning/jobs", json={"model": SMOL, "training_file": train.id})
     assert r.status_code == 404 and r.json()["error"]["param"] == "training_file"
+    r = http.post("/evaluations", json={"models": [SMOL, job.fine_tuned_model], "file": fake["file"]})
+    assert r.status_code == 404 and r.json()["error"]["param"] == "models.1"
+    r = http.post("/evaluations", json={"models": [SMOL], "file": train.id})
+    assert r.status_code == 404 and r.json()["error"]["param"] == "file"
     assert train.id not in http.get("/files").text
     assert job.id not in http.get("/fine_tuning/jobs").text
     assert job.fine_tuned_model not in http.get("/models").text

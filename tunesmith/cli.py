@@ -17,6 +17,7 @@ from rich.table import Table
 
 from tunesmith.config import enforce_offline, get_settings, quiet_libraries
 from tunesmith.errors import DataError, TunesmithError
+from tunesmith.train.hyper import DEFAULT_PATIENCE
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Fine-tune language models on your own hardware, offline.")
@@ -182,6 +183,9 @@ class _ProgressReporter:
             self.progress.console.print(f"step {m['step']}/{m['total_steps']} epoch {m['epoch']} "
                                         f"loss {m['train_loss']:.4f}{_rewards(m)} {m['tokens_per_second']:.0f} tok/s",
                                         soft_wrap=True)
+        if "valid_loss" in m:
+            self.progress.console.print(f"step {m['step']}: valid loss {m['valid_loss']:.4f}"
+                                        f"{_rewards(m, 'valid_')}", soft_wrap=True)
 
     def on_checkpoint(self, ckpt) -> None:
         valid = ckpt.metrics.get("valid_loss")
@@ -213,13 +217,21 @@ def train(
     suffix: Annotated[Optional[str], typer.Option(help="Up to 64 characters, part of the model name.")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed; same seed, same result.")] = None,
     max_length: Annotated[int, typer.Option(help="Examples longer than this are truncated.")] = 2048,
+    auto_split: Annotated[Optional[float], typer.Option(
+        help="No validation file: hold out this fraction (e.g. 0.1) of a training file of ≥ 100 examples.")] = None,
+    early_stopping: Annotated[bool, typer.Option(
+        help="With validation data: stop once the validation loss stops falling and keep the best epoch.")] = True,
+    patience: Annotated[int, typer.Option(min=1, help="Epochs without a lower validation loss before stopping.")] = DEFAULT_PATIENCE,
+    eval_steps: Annotated[Optional[int], typer.Option(
+        min=1, help="Also compute the validation loss every N steps (it is always computed each epoch).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object with the result.")] = False,
 ) -> None:
     """Fine-tune a model; prints the new model id (ft:…)."""
     from tunesmith.train.run import TrainSpec, run_job
 
     spec = TrainSpec(file, validation, model, method, epochs, batch_size, learning_rate_multiplier, beta,
-                     suffix, seed, max_length)
+                     suffix, seed, max_length, early_stopping=early_stopping, patience=patience,
+                     eval_steps=eval_steps, auto_split=auto_split)
     stop = _StopOnInterrupt()
     progress = Progress(TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
                         TextColumn("loss {task.fields[loss]:.4f}{task.fields[rewards]}"),

@@ -6,7 +6,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from tunesmith.api import errors, files, fine_tuning, inference, models
+from tunesmith.api import errors, evaluations, files, fine_tuning, inference, models
 from tunesmith.config import Settings, get_settings
 from tunesmith.jobs.store import Store
 from tunesmith.jobs.worker import Worker
@@ -30,6 +30,6 @@ def create_app(settings: Settings | None = None, run_worker: bool = True) -> Fas
     app = FastAPI(title="tunesmith", summary="OpenAI-compatible fine-tuning, self-hosted", lifespan=lifespan)
     app.state.store, app.state.worker, app.state.engines = store, worker, EnginePool(settings)
     errors.install(app)
-    for module in (files, fine_tuning, models, inference):
+    for module in (files, fine_tuning, models, inference, evaluations):
         app.include_router(module.router)
     return app

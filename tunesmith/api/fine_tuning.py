@@ -21,6 +21,7 @@ from tunesmith.jobs import store as st
 from tunesmith.jobs.store import Checkpoint, Event, Job, Project, Store
 from tunesmith.jobs.worker import add_event, set_status
 from tunesmith.models import finetuned
+from tunesmith.train.hyper import DEFAULT_PATIENCE
 
 router = APIRouter(prefix="/v1/fine_tuning/jobs")
 
@@ -32,6 +33,10 @@ class Hyperparameters(BaseModel):
     n_epochs: Auto | Annotated[int, Field(ge=1, le=50)] = "auto"
     batch_size: Auto | Annotated[int, Field(ge=1, le=256)] = "auto"
     learning_rate_multiplier: Auto | Annotated[float, Field(gt=0, le=100)] = "auto"
+    # tunesmith's overfitting guard, active when there is a validation file (OpenAI has no such fields)
+    early_stopping: bool = True
+    patience: Annotated[int, Field(ge=1, le=50)] = DEFAULT_PATIENCE
+    eval_steps: Annotated[int, Field(ge=1)] | None = None
 
 
 class DpoHyperparameters(Hyperparameters):

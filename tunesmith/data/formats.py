@@ -11,6 +11,8 @@ Accepted shapes (one per file):
 
 from __future__ import annotations
 
+import json
+
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,6 +58,11 @@ class Example:
     @property
     def has_system(self) -> bool:
         return bool(self.messages) and self.messages[0]["role"] == "system"
+
+    @property
+    def content_key(self) -> str:
+        """Equal for two examples that train the same thing, whatever their line's shape or key order."""
+        return json.dumps([self.messages, self.tools, self.prompt, self.completion, self.rejected], sort_keys=True)
 
 
 def detect_format(obj: dict[str, Any]) -> str | None:

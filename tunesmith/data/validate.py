@@ -157,11 +157,10 @@ def validate_file(path: Path, renderer: Renderer | None, max_length: int = DEFAU
 def _warn_duplicates(report: Report) -> None:
     first_seen: dict[str, int] = {}
     for ex in report.examples:
-        key = json.dumps([ex.messages, ex.tools, ex.prompt, ex.completion, ex.rejected], sort_keys=True)
-        if key in first_seen:
-            report.warnings.append(Problem(ex.line, None, f"exact duplicate of line {first_seen[key]}"))
+        if ex.content_key in first_seen:
+            report.warnings.append(Problem(ex.line, None, f"exact duplicate of line {first_seen[ex.content_key]}"))
         else:
-            first_seen[key] = ex.line
+            first_seen[ex.content_key] = ex.line
 
 
 def _warn_missing_system(report: Report) -> None:

@@ -95,7 +95,15 @@ def evaluate_models(models: list[str], data: Path, options: EvalOptions = EvalOp
         if r.base not in prepared:
             engine = Engine(r.base, status=status)
             prepared[r.base] = (engine, *_read(data, engine, options))
-    return [_evaluate(r, *prepared[r.base], data, options, progress) for r in resolved]
+    return [_evaluate(r, *prepared[r.base], str(data), options, progress) for r in resolved]
+
+
+def evaluate_on(engine: Engine, models: list[ResolvedModel], data: Path, options: EvalOptions,
+                label: str) -> list[EvalReport]:
+    """``evaluate_models`` on an engine that is already loaded (the server's), for models on its base;
+    ``label`` names the data in the reports instead of its path."""
+    examples, tokenized = _read(data, engine, options)
+    return [_evaluate(m, engine, examples, tokenized, label, options, None) for m in models]
 
 
 def _read(data: Path, engine: Engine, options: EvalOptions) -> tuple[list[Example], list[Tokenized]]:
@@ -111,7 +119,7 @@ def _read(data: Path, engine: Engine, options: EvalOptions) -> tuple[list[Exampl
 
 
 def _evaluate(model: ResolvedModel, engine: Engine, examples: list[Example], tokenized: list[Tokenized],
-              data: Path, options: EvalOptions, progress: ProgressCallback | None) -> EvalReport:
+              data: str, options: EvalOptions, progress: ProgressCallback | None) -> EvalReport:
     selected, _ = engine.select(model)
     loss = evaluate(selected, tokenized, engine.tokenizer.pad_token_id)
     questions = [prompt_and_reference(e) for e in examples]
@@ -127,5 +135,5 @@ def _evaluate(model: ResolvedModel, engine: Engine, examples: list[Example], tok
     items = [Item(e.line, prompt, reference, reply.text, reply.finish_reason,
                   score(reply.text, reference, options.checks))
              for e, (prompt, reference), reply in zip(examples, questions, replies)]
-    return EvalReport(model.name, str(data), loss["valid_loss"], loss["valid_mean_token_accuracy"],
+    return EvalReport(model.name, data, loss["valid_loss"], loss["valid_mean_token_accuracy"],
                       aggregate([item.scores for item in items]), items, options)

@@ -37,6 +37,7 @@ from tunesmith.train.run import RESULT_FILE, SPEC_FILE
 
 # An API job's method type → the training method of its job process (API jobs train LoRA adapters).
 TRAIN_METHOD = {"supervised": "lora", "dpo": "dpo"}
+GUARD_SETTINGS = ("early_stopping", "patience", "eval_steps")  # passed to the job as they were asked
 # The result file's columns → the metric each holds: OpenAI's for supervised jobs, TRL's names for DPO.
 RESULT_COLUMNS = {
     "supervised": {"step": "step", "train_loss": "train_loss", "train_accuracy": "train_mean_token_accuracy",
@@ -166,7 +167,8 @@ class Worker:
                                  hp.get("batch_size", "auto"), hp.get("learning_rate_multiplier", "auto"),
                                  hp.get("beta", "auto"))
         return {"base": base, "data_format": train.format,
-                "hyperparameters": {k: v for k, v in resolved.as_dict().items() if k != "learning_rate"}}
+                "hyperparameters": {**{k: v for k, v in resolved.as_dict().items() if k != "learning_rate"},
+                                    **{k: hp[k] for k in GUARD_SETTINGS if k in hp}}}
 
     # --- processes ---------------------------------------------------------------------------
     def job_dir(self, job_id: str) -> Path:

@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
+from typing import TypeVar
 
 from tunesmith.config import Settings, get_settings
 from tunesmith.models.finetuned import ResolvedModel
 from tunesmith.serve.engine import Engine, Reply, Sampling
+
+T = TypeVar("T")
 
 
 class _Slot:
@@ -48,6 +51,11 @@ class EnginePool:
         slot = self._slot(resolved.base)
         return await asyncio.wrap_future(
             slot.worker.submit(lambda: slot.engine().generate(resolved, prompts, sampling)))
+
+    async def run(self, base: str, work: Callable[[Engine], T]) -> T:
+        """Any other work on ``base``'s engine (an evaluation), in turn with its requests."""
+        slot = self._slot(base)
+        return await asyncio.wrap_future(slot.worker.submit(lambda: work(slot.engine())))
 
     async def stream(self, resolved: ResolvedModel, prompt: list[dict] | str,
                      sampling: Sampling) -> AsyncIterator[str | Reply]:

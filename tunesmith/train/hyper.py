@@ -14,10 +14,11 @@ from dataclasses import asdict, dataclass
 from tunesmith.data.validate import MIN_EXAMPLES
 from tunesmith.errors import TunesmithError
 
-# DPO (a LoRA adapter): PLACEHOLDER
 BASE_LEARNING_RATE = {"lora": 5e-4, "full": 3e-5, "dpo": 5e-5}
 DEFAULT_BETA = 0.1  # TRL's default, and OpenAI's "auto"
 WARMUP_FRACTION = 0.1
+# The overfitting guard stops after this many epochs in a row without a lower validation loss.
+DEFAULT_PATIENCE = 2
 
 
 @dataclass(frozen=True)

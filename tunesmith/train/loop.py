@@ -1,11 +1,13 @@
-"""The one training loop: steps, validation, per-epoch checkpoints, clean stop, resume.
+"""The one training loop: steps, validation, per-epoch checkpoints, early stop, clean stop, resume.
 
 What a step minimises is the config's ``objective`` (``losses.py``): SFT on tokenized examples, or
 DPO on preference pairs whose reference log-probs were attached before training.
 
 It knows nothing of files, databases or terminals: progress goes to a ``Reporter`` and a stop is
 asked through ``stop_requested`` (checked between optimizer steps, so a stop never leaves a
-half-applied update). A checkpoint holds everything needed to continue bit-for-bit: trained
+half-applied update). With a validation set, the overfitting guard evaluates every epoch (and every
+``eval_steps`` steps when set), stops once ``patience`` epochs in a row did not lower the validation
+loss, and names the checkpoint with the lowest one as the result. A checkpoint holds everything needed to continue bit-for-bit: trained
 weights, optimizer, schedule, step and RNG state; the data order is a function of (seed, epoch).
 """
 
@@ -23,7 +25,7 @@ import torch
 
 from tunesmith.data.batching import DEFAULT_MICRO_BATCH_TOKENS, epoch_order, micro_batches
 from tunesmith.data.tokenize import Pair, Tokenized
-from tunesmith.train.hyper import lr_lambda
+from tunesmith.train.hyper import DEFAULT_PATIENCE, lr_lambda
 from tunesmith.train.losses import SFT, Objective
 
 STATE_FILE = "trainer_state.pt"
@@ -39,6 +41,8 @@ class LoopConfig:
     max_grad_norm: float = 1.0
     micro_batch_tokens: int = DEFAULT_MICRO_BATCH_TOKENS
     objective: Objective = field(default_factory=SFT)  # SFT on examples, or DPO on preference pairs
+    eval_steps: int | None = None  # also evaluate every N steps (reported with that step's metrics)
+    patience: int | None = DEFAULT_PATIENCE  # epochs without a lower valid_loss before stopping; None: guard off
 
 
 @dataclass
@@ -56,6 +60,8 @@ class LoopResult:
     trained_tokens: int
     metrics: dict[str, float]
     checkpoints: list[Checkpoint] = field(default_factory=list)
+    best: Checkpoint | None = None  # the guard's choice: lowest valid_loss (None: guard off or no validation)
+    early_stopped: bool = False  # ended by the guard before the last epoch
 
 
 class Reporter(Protocol):
@@ -89,6 +95,24 @@ def train(model, train_set: list[Tokenized] | list[Pair], cfg: LoopConfig, check
     reporter.on_start(total_steps, step)
     model.train()
     started, tokens_seen, metrics = time.perf_counter(), 0, {}
+    evaluating = 0.0  # seconds spent on validation, left out of tokens/s
+
+    def validate() -> dict[str, float]:
+        nonlocal evaluating
+        began = time.perf_counter()
+        result = evaluate(model, valid_set, pad_id, cfg.micro_batch_tokens, objective)
+        model.train()
+        evaluating += time.perf_counter() - began
+        return result
+
+    def guard_says_stop(epochs_done: int) -> bool:
+        best = best_checkpoint(checkpoints) if cfg.patience is not None else None
+        return best is not None and epochs_done - best.epoch >= cfg.patience and epochs_done < cfg.n_epochs
+
+    # A run killed right after the checkpoint that made the guard stop must not train another epoch.
+    if step and step % steps_per_epoch == 0 and guard_says_stop(step // steps_per_epoch):
+        return LoopResult(True, step, trained_tokens, checkpoints[-1].metrics, checkpoints,
+                          best_checkpoint(checkpoints), early_stopped=True)
     for epoch in range(step // steps_per_epoch, cfg.n_epochs):
         order = epoch_order(len(train_set), cfg.batch_size, cfg.seed, epoch)
         for indices in order[step - epoch * steps_per_epoch :]:
@@ -106,23 +130,36 @@ def train(model, train_set: list[Tokenized] | list[Pair], cfg: LoopConfig, check
             optimizer.zero_grad(set_to_none=True)
             step += 1
             trained_tokens += sum(train_set[i].n_tokens for i in indices)
-            elapsed = time.perf_counter() - started
+            elapsed = time.perf_counter() - started - evaluating
             metrics = {"step": step, "total_steps": total_steps, "epoch": epoch + 1,
                        **{name: total / weight for name, total in sums.items()},
                        "learning_rate": schedule.get_last_lr()[0], "tokens_per_second": tokens_seen / elapsed}
+            if valid_set and cfg.eval_steps and step % cfg.eval_steps == 0 and step % steps_per_epoch:
+                metrics.update(validate())
             reporter.on_step(metrics)
             if stop_requested() and step % steps_per_epoch:
                 _save(model, optimizer, schedule, checkpoint_dir, step, epoch + 1, metrics,
                       trained_tokens, checkpoints, reporter, keep=False)
                 return LoopResult(False, step, trained_tokens, metrics, checkpoints)
         if valid_set:
-            metrics.update(evaluate(model, valid_set, pad_id, cfg.micro_batch_tokens, objective))
-            model.train()
+            metrics = {**metrics, **validate()}  # a new dict: the reporter may keep the step's
         _save(model, optimizer, schedule, checkpoint_dir, step, epoch + 1, metrics, trained_tokens,
               checkpoints, reporter, keep=True)
+        if guard_says_stop(epoch + 1):
+            return LoopResult(True, step, trained_tokens, metrics, checkpoints, best_checkpoint(checkpoints),
+                              early_stopped=True)
         if stop_requested() and step < total_steps:
             return LoopResult(False, step, trained_tokens, metrics, checkpoints)
-    return LoopResult(True, step, trained_tokens, metrics, checkpoints)
+    best = best_checkpoint(checkpoints) if cfg.patience is not None else None
+    return LoopResult(True, step, trained_tokens, metrics, checkpoints, best)
+
+
+def best_checkpoint(checkpoints: list[Checkpoint]) -> Checkpoint | None:
+    """The checkpoint with the lowest validation loss, the earliest on a tie; None without validation.
+
+    Derived from the checkpoints' own metrics, so a resumed run needs no extra state to go on guarding."""
+    scored = [c for c in checkpoints if "valid_loss" in c.metrics]
+    return min(scored, key=lambda c: (c.metrics["valid_loss"], c.step), default=None)
 
 
 def _save(model, optimizer, schedule, checkpoint_dir: Path, step: int, epoch: int, metrics: dict,

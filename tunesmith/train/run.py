@@ -26,6 +26,8 @@ from tunesmith.train import hyper, loop, losses
 
 METHODS = ("lora", "full", "dpo")  # dpo: preference pairs, trained as a LoRA adapter
 REFERENCE_FILE = "reference_logps.pt"
+MIN_AUTO_SPLIT_EXAMPLES = 100  # below this, a held-out part is too small to say anything
+MAX_AUTO_SPLIT = 0.5
 
 
 @dataclass
@@ -46,6 +48,11 @@ class TrainSpec:
     # Dropout on the input of every adapted layer costs ~35 % of step time on CPU (measured).
     lora_dropout: float = 0.0
     org: str | None = None  # the org part of the ft: name; the settings' org when not given
+    # The overfitting guard, active when there is validation data (see loop.py).
+    early_stopping: bool = True
+    patience: int = hyper.DEFAULT_PATIENCE
+    eval_steps: int | None = None
+    auto_split: float | None = None  # hold out this fraction of the training file when no validation file
 
 
 @dataclass
@@ -59,6 +66,8 @@ class JobResult:
     metrics: dict[str, float]
     checkpoints: list[str] = field(default_factory=list)
     last_checkpoint: str | None = None
+    best_checkpoint: str | None = None  # the guard's choice, which the model is
+    early_stopped: bool = False
     seconds: float = 0.0
 
     def as_dict(self) -> dict:
@@ -79,6 +88,13 @@ def check_spec(spec: TrainSpec) -> None:
         raise TunesmithError("suffix must be at most 64 characters and contain no ':'")
     if spec.max_length < 16:
         raise TunesmithError("max_length must be at least 16 tokens")
+    if spec.patience < 1 or (spec.eval_steps is not None and spec.eval_steps < 1):
+        raise TunesmithError("patience and eval_steps must be at least 1")
+    if spec.auto_split is not None:
+        if not 0 < spec.auto_split <= MAX_AUTO_SPLIT:
+            raise TunesmithError(f"auto_split must be a fraction above 0 and at most {MAX_AUTO_SPLIT}")
+        if spec.validation_file is not None:
+            raise TunesmithError("give either a validation file or auto_split, not both")
 
 
 def _weights_kind(method: str | None) -> str:
@@ -111,12 +127,19 @@ def run_job(spec: TrainSpec, reporter: JobReporter, settings: Settings | None = 
     info = ensure_cached(start.base, settings, status=reporter.on_message)
     renderer = load_renderer(info)
     train_report = _validated(spec.training_file, spec, renderer, reporter, hyper.MIN_EXAMPLES)
-    valid_set = []
-    if spec.validation_file:
-        valid_set = _validated(spec.validation_file, spec, renderer, reporter, 1).tokenized
-    hp = hyper.resolve(len(train_report.tokenized), spec.method, spec.n_epochs, spec.batch_size,
-                       spec.learning_rate_multiplier, spec.beta)
     seed = spec.seed if spec.seed is not None else random.randrange(2**31)
+    train_examples, train_set = train_report.examples, train_report.tokenized
+    valid_examples, valid_set = [], []
+    if spec.validation_file:
+        valid_report = _validated(spec.validation_file, spec, renderer, reporter, 1)
+        valid_examples, valid_set = valid_report.examples, valid_report.tokenized
+    elif spec.auto_split:
+        (train_examples, train_set), (valid_examples, valid_set) = _split(train_report, spec.auto_split, seed)
+        reporter.on_message(f"Holding out {len(valid_set)} of {len(train_report.tokenized)} examples "
+                            f"({spec.auto_split:.0%}) of {spec.training_file.name} for validation")
+    _warn_leakage(train_examples, valid_examples, reporter)
+    hp = hyper.resolve(len(train_set), spec.method, spec.n_epochs, spec.batch_size,
+                       spec.learning_rate_multiplier, spec.beta)
 
     job_id = job_id or f"ftjob-{finetuned.new_id(24)}"
     job_dir = settings.jobs_dir / job_id
@@ -130,14 +153,15 @@ def run_job(spec: TrainSpec, reporter: JobReporter, settings: Settings | None = 
     pad_id = renderer.tokenizer.pad_token_id
     objective: losses.Objective = losses.SFT()
     if spec.method == "dpo":
-        _attach_reference(model, train_report.tokenized + valid_set, job_dir / REFERENCE_FILE, pad_id, reporter)
+        _attach_reference(model, train_set + valid_set, job_dir / REFERENCE_FILE, pad_id, reporter)
         objective = losses.DPO(hp.beta)
 
     beta = f", beta {hp.beta:g}" if hp.beta is not None else ""
-    reporter.on_message(f"Job {job_id}: {len(train_report.tokenized)} examples, {hp.n_epochs} epochs, "
+    reporter.on_message(f"Job {job_id}: {len(train_set)} examples, {hp.n_epochs} epochs, "
                         f"batch size {hp.batch_size}, learning rate {hp.learning_rate:.2e}{beta}, seed {seed}")
-    cfg = loop.LoopConfig(hp.n_epochs, hp.batch_size, hp.learning_rate, seed, objective=objective)
-    result = loop.train(model, train_report.tokenized, cfg, job_dir / "checkpoints", reporter,
+    cfg = loop.LoopConfig(hp.n_epochs, hp.batch_size, hp.learning_rate, seed, objective=objective,
+                          eval_steps=spec.eval_steps, patience=spec.patience if spec.early_stopping else None)
+    result = loop.train(model, train_set, cfg, job_dir / "checkpoints", reporter,
                         pad_id=pad_id, valid_set=valid_set, resume_from=resume_from,
                         stop_requested=stop_requested)
     outcome = JobResult(job_id, "succeeded" if result.completed else "stopped", None, result.trained_tokens,
@@ -148,20 +172,56 @@ def run_job(spec: TrainSpec, reporter: JobReporter, settings: Settings | None = 
         outcome.seconds = time.perf_counter() - started
         return outcome
 
+    chosen = result.best or result.checkpoints[-1]
+    if result.best is not None:
+        _report_choice(result, spec.patience, reporter)
+        outcome.best_checkpoint, outcome.early_stopped = str(chosen.path), result.early_stopped
     short_id = model_id or finetuned.new_id()
     name = finetuned.model_name(info.name, spec.org or settings.org, spec.suffix, short_id)
     final_dir = job_dir / "model"
     shutil.rmtree(final_dir, ignore_errors=True)
-    shutil.copytree(result.checkpoints[-1].path, final_dir, ignore=shutil.ignore_patterns(loop.STATE_FILE))
+    shutil.copytree(chosen.path, final_dir, ignore=shutil.ignore_patterns(loop.STATE_FILE))
     finetuned.save(finetuned.FineTunedModel(
         id=short_id, name=name, base=info.name, job_id=job_id, method=spec.method,
         format=train_report.format or "chat", path=str(final_dir), created_at=int(time.time()),
-        trained_tokens=result.trained_tokens, metrics=result.metrics,
+        trained_tokens=result.trained_tokens, metrics=chosen.metrics,
         checkpoints={c.step: str(c.path) for c in result.checkpoints}), settings)
     outcome.fine_tuned_model = name
     outcome.checkpoints = [f"{name}:ckpt-step-{c.step}" for c in result.checkpoints]
     outcome.seconds = time.perf_counter() - started
     return outcome
+
+
+def _split(report: Report, fraction: float, seed: int):
+    """(examples, tokenized) for training and for validation: a seeded random ``fraction`` held out."""
+    n = len(report.tokenized)
+    if n < MIN_AUTO_SPLIT_EXAMPLES:
+        raise TunesmithError(f"{report.path}: auto_split needs at least {MIN_AUTO_SPLIT_EXAMPLES} examples, "
+                             f"the file has {n}; give a validation file instead")
+    held = set(random.Random(seed).sample(range(n), max(1, round(n * fraction))))
+    parts = [[i for i in range(n) if (i in held) == side] for side in (False, True)]
+    return [([report.examples[i] for i in part], [report.tokenized[i] for i in part]) for part in parts]
+
+
+def _warn_leakage(train: list, valid: list, reporter: JobReporter) -> None:
+    """Validation examples that are also training examples make the validation loss lie."""
+    seen = {ex.content_key for ex in train}
+    lines = [ex.line for ex in valid if ex.content_key in seen]
+    if lines:
+        shown = ", ".join(map(str, lines[:10])) + (", …" if len(lines) > 10 else "")
+        reporter.on_message(f"Warning: {len(lines)} of {len(valid)} validation examples (lines {shown}) also "
+                            "appear in the training data: the validation loss will look better than it is")
+
+
+def _report_choice(result: loop.LoopResult, patience: int, reporter: JobReporter) -> None:
+    best, last = result.best, result.checkpoints[-1]
+    loss = f"valid_loss {best.metrics['valid_loss']:.4f}"
+    if result.early_stopped:
+        reporter.on_message(f"Early stop at epoch {last.epoch}: no lower validation loss for {patience} epochs. "
+                            f"Best epoch {best.epoch}, {loss}; the model is its checkpoint (step {best.step})")
+    elif best is not last:
+        reporter.on_message(f"Best epoch {best.epoch}, {loss} (last epoch {last.metrics['valid_loss']:.4f}); "
+                            f"the model is its checkpoint (step {best.step}), not the last one")
 
 
 def _attach_reference(model, pairs: list[Pair], path: Path, pad_id: int, reporter: JobReporter) -> None:
@@ -230,9 +290,10 @@ class EventReporter(JobReporter):
     def on_step(self, m: dict) -> None:
         done = m["step"] - self.first_step
         eta = time.time() + (time.time() - self.started) / done * (m["total_steps"] - m["step"])
-        data = {k: m[k] for k in ("step", "total_steps", *_STEP_METRICS) if k in m}
+        data = {k: m[k] for k in ("step", "total_steps", *_CHECKPOINT_METRICS) if k in m}
+        valid = f", validation loss={m['valid_loss']:.4f}" if "valid_loss" in m else ""
         self.log.write("event", key=f"step-{m['step']}", type="metrics", message=f"Step {m['step']}/{m['total_steps']}: "
-                       f"training loss={m['train_loss']:.4f}", data=data, estimated_finish=int(eta))
+                       f"training loss={m['train_loss']:.4f}{valid}", data=data, estimated_finish=int(eta))
 
     def on_checkpoint(self, ckpt: loop.Checkpoint) -> None:
         metrics = {"step": ckpt.step, **{k: v for k, v in ckpt.metrics.items() if k in _CHECKPOINT_METRICS}}

@@ -1,0 +1,51 @@
+"""``POST /v1/evaluations``: score models on an uploaded file, the API's ``tunesmith eval``/``compare``.
+
+A tunesmith extension (OpenAI's Evals API is a different, much larger thing). The request waits for
+the report: loss and token accuracy on the file's assistant turns, then greedy answers scored like
+the CLI's. The work runs on the base model's engine thread, in turn with chat requests for it.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request
+from pydantic import BaseModel, ConfigDict, Field
+
+from tunesmith.api.deps import current_project, get_store, resolve_model
+from tunesmith.api.files import owned_file
+from tunesmith.eval import report as reports
+from tunesmith.eval.metrics import Checks
+from tunesmith.eval.run import EvalOptions, evaluate_on
+from tunesmith.jobs.store import Project, Store
+
+router = APIRouter(prefix="/v1/evaluations")
+
+
+class CreateEvaluation(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    models: Annotated[list[str], Field(min_length=1, max_length=4)]  # two: the side-by-side comparison
+    file: str  # an uploaded file, in any training format
+    max_tokens: Annotated[int, Field(ge=1, le=4096)] = 256
+    limit: Annotated[int, Field(ge=1)] | None = None  # only the first N examples
+    contains: str | None = None
+    regex: str | None = None
+
+
+@router.post("")
+async def create(body: CreateEvaluation, request: Request, project: Project = Depends(current_project),
+                 store: Store = Depends(get_store)) -> dict:
+    models = [resolve_model(store, project, name, param=f"models.{i}") for i, name in enumerate(body.models)]
+    path = Path(owned_file(store, project, body.file, "file").path)
+    options = EvalOptions(max_tokens=body.max_tokens, limit=body.limit, checks=Checks(body.contains, body.regex))
+    done = {}
+    for base in dict.fromkeys(m.base for m in models):
+        group = [m for m in models if m.base == base]
+        work = partial(evaluate_on, models=group, data=path, options=options, label=body.file)
+        done.update(zip((m.name for m in group), await request.app.state.engines.run(base, work)))
+    ordered = [done[m.name] for m in models]
+    return {"object": "evaluation", "file": body.file, "models": body.models,
+            "reports": [r.as_dict() for r in ordered], "markdown": reports.markdown(ordered, questions=True),
+            "html": reports.html_report(ordered)}
