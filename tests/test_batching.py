@@ -1,6 +1,6 @@
 import torch
 
-from tunesmith.data.batching import collate, epoch_order, micro_batches
+from tunesmith.data.batching import collate, epoch_order, micro_batches, pack, padded_width
 from tunesmith.data.tokenize import IGNORE, Tokenized
 
 
@@ -12,20 +12,38 @@ def test_epoch_order_is_a_deterministic_partition():
     assert order != epoch_order(10, 4, seed=3, epoch=2)
 
 
-def test_micro_batches_respect_the_token_budget():
-    lengths = [10, 50, 30, 30, 5, 60]
-    groups = micro_batches(list(range(6)), lengths, max_tokens=100)
-    assert sorted(i for g in groups for i in g) == list(range(6))
-    assert all(len(g) * max(lengths[i] for i in g) <= 100 or len(g) == 1 for g in groups)
+def test_pack_fits_rows_best_first_and_keeps_an_oversized_item_alone():
+    lengths = [600, 500, 400, 300, 200, 100, 2000]
+    rows = pack(list(range(7)), lengths, row_tokens=1024)
+    # Longest first, each into the fullest row it still fits: 400 joins 600 (not 500), 100 fits nowhere.
+    assert rows == [[6], [0, 2], [1, 3, 4], [5]]
 
 
-def test_micro_batch_keeps_an_oversized_example_alone():
-    assert micro_batches([0, 1], [500, 10], max_tokens=100) == [[0], [1]]
+def test_micro_batches_pack_rows_within_the_token_budget():
+    lengths = [10, 50, 30, 30, 5, 60, 100]
+    groups = micro_batches(list(range(7)), lengths, max_tokens=256, row_tokens=128)
+    assert sorted(i for g in groups for r in g for i in r) == list(range(7))
+    for g in groups:
+        fills = [sum(lengths[i] for i in r) for r in g]
+        assert all(f <= 128 for f in fills)
+        assert len(g) * padded_width(max(fills)) <= 256
+    # One item per row: the plain padded batches.
+    assert all(len(r) == 1 for g in micro_batches(list(range(7)), lengths, 256, row_tokens=1) for r in g)
 
 
-def test_collate_pads_right_and_masks():
-    b = collate([Tokenized([1, 2, 3], [IGNORE, 2, 3]), Tokenized([4], [4])], pad_id=0)
-    assert b.input_ids.tolist() == [[1, 2, 3], [4, 0, 0]]
-    assert b.attention_mask.tolist() == [[1, 1, 1], [1, 0, 0]]
-    assert b.labels[1].tolist() == [4, IGNORE, IGNORE]
-    assert b.n_trained == 3 and b.n_tokens == 4 and b.input_ids.dtype == torch.long
+def test_micro_batch_keeps_an_oversized_item_alone():
+    assert micro_batches([0, 1], [500, 10], max_tokens=100) == [[[0]], [[1]]]
+
+
+def test_collate_packs_with_restarting_positions_and_shifts_labels_within_each_sequence():
+    a, b, c = Tokenized([1, 2, 3], [IGNORE, 2, 3]), Tokenized([4, 5], [4, 5]), Tokenized([6], [IGNORE])
+    batch = collate([[a, b], [c]], pad_id=0)
+    width = padded_width(5)
+    assert batch.input_ids.shape == (2, width) and batch.input_ids.dtype == torch.long
+    assert batch.input_ids[0, :6].tolist() == [1, 2, 3, 4, 5, 0] and batch.input_ids[1, :2].tolist() == [6, 0]
+    assert batch.position_ids[0, :7].tolist() == [0, 1, 2, 0, 1, 2, 3]  # padding counts on from b
+    assert batch.position_ids[1, :3].tolist() == [0, 1, 2]
+    assert batch.sequence[0, :6].tolist() == [0, 0, 0, 1, 1, -1] and batch.sequence[1, :2].tolist() == [2, -1]
+    # Each position holds the token it predicts; 3 (a's last) predicts nothing, not b's first token 4.
+    assert batch.targets[0, :6].tolist() == [2, 3, IGNORE, 5, IGNORE, IGNORE]
+    assert batch.n_sequences == 3 and batch.n_tokens == 6 and batch.n_trained == 3

@@ -185,7 +185,7 @@ def test_dpo_loss_and_rewards_match_a_hand_computation(tiny_model_factory, rende
             chosen = beta * (hand_logps(policy, p.chosen) - ref_c)
             rejected = beta * (hand_logps(policy, p.rejected) - ref_r)
             expected.append((float(-F.logsigmoid(torch.tensor(chosen - rejected))), chosen, rejected))
-    loss, stats = DPO(beta)(policy, pairs, pad_id=2)  # one padded batch of all six sequences
+    loss, stats = DPO(beta)(policy, [pairs[:2], pairs[2:]], pad_id=2)  # six sequences packed in two rows
     assert float(loss.detach()) == pytest.approx(sum(e[0] for e in expected), abs=1e-4)
     assert stats["train_loss"] == pytest.approx(float(loss.detach()))
     assert stats["rewards/chosen"] == pytest.approx(sum(e[1] for e in expected), abs=1e-4)

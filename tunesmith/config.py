@@ -5,9 +5,20 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+# "auto": bf16 autocast where the hardware multiplies bf16 natively, fp32 elsewhere (train/precision.py).
+PrecisionSetting = Literal["auto", "bf16", "fp32"]
+
+
+def _usable_cpus() -> int:
+    """CPUs this process may run on: a container or taskset may allow fewer than the machine has, and
+    more threads than those only contend for them."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 class Settings(BaseSettings):
@@ -16,7 +27,8 @@ class Settings(BaseSettings):
     home: Path = Field(default_factory=lambda: Path.home() / ".tunesmith")
     org: str = "local"
     default_model: str = "smollm2-135m-instruct"
-    threads: int = Field(default_factory=lambda: os.cpu_count() or 1)
+    threads: int = Field(default_factory=_usable_cpus)
+    precision: PrecisionSetting = "auto"
     database_url: str | None = None  # default: SQLite file under home
     max_upload_bytes: int = 512 * 1024 * 1024
     max_running_jobs: int = 1

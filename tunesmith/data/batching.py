@@ -1,13 +1,22 @@
-"""Token batches: epoch order, optimizer batches, and micro-batches bounded in tokens.
+"""Token batches: epoch order, optimizer batches, and micro-batches of packed rows.
 
-An optimizer step sees ``batch_size`` examples. They are split into micro-batches whose padded
-size stays under a token budget (bounded memory), each run forward/backward in turn with the
-gradients accumulated. ``collate`` is the one place that shapes tensors, so a packing collator can
-replace it without touching the loop.
+An optimizer step sees ``batch_size`` items. They are packed into rows of at most ``row_tokens``
+tokens (several short sequences end to end in one row, so little compute goes to padding), and the
+rows are split into micro-batches whose padded size stays under a token budget (bounded memory),
+each run forward/backward in turn with the gradients accumulated. ``collate`` is the one place that
+shapes tensors.
+
+Sequences packed in one row must not see each other: each one's ``position_ids`` restart at 0 and
+no attention mask is passed. From that, transformers (``masking_utils.find_packed_sequence_indices``)
+builds a block-diagonal causal mask for sdpa and eager attention; a row holding one sequence keeps
+counting through its padding, so a batch without packing keeps the plain causal fast path. Labels
+are shifted within each sequence, so no sequence's last token is trained to predict the next one's
+first.
 """
 
 from __future__ import annotations
 
+from bisect import bisect_left, insort
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,21 +25,34 @@ import torch
 from tunesmith.data.tokenize import IGNORE, Tokenized
 
 DEFAULT_MICRO_BATCH_TOKENS = 4096
+# On CPU, attention runs a dense (row × row) mask: a 4096-token row would spend as much on attention
+# as on all linear layers, most of it masked out. 1024 costs a third of the linear layers at most and
+# still holds a few typical chat examples (longer ones get a row of their own).
+DEFAULT_ROW_TOKENS = 1024
+# Rows are padded to a multiple of this: a small set of shapes (cached kernels, e.g. oneDNN's bf16
+# primitives) for less than this many padding tokens per row.
+ROW_ALIGN = 64
 
 
 @dataclass
 class Batch:
-    input_ids: torch.Tensor  # [B, T]
-    labels: torch.Tensor  # [B, T], IGNORE where not trained
-    attention_mask: torch.Tensor  # [B, T]
+    input_ids: torch.Tensor  # [rows, width]
+    targets: torch.Tensor  # [rows, width]: the token each position predicts, IGNORE where not trained
+    position_ids: torch.Tensor  # [rows, width]: restart at 0 for every sequence
+    sequence: torch.Tensor  # [rows, width]: index of the token's sequence in collate's order, -1 padding
+    n_sequences: int
 
     @property
     def n_trained(self) -> int:
-        return int((self.labels != IGNORE).sum())
+        return int((self.targets != IGNORE).sum())
 
     @property
     def n_tokens(self) -> int:
-        return int(self.attention_mask.sum())
+        return int((self.sequence >= 0).sum())
+
+    def to(self, device: torch.device) -> Batch:
+        return Batch(self.input_ids.to(device), self.targets.to(device), self.position_ids.to(device),
+                     self.sequence.to(device), self.n_sequences)
 
 
 def epoch_order(n_examples: int, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
@@ -40,32 +62,70 @@ def epoch_order(n_examples: int, batch_size: int, seed: int, epoch: int) -> list
     return [order[i : i + batch_size].tolist() for i in range(0, n_examples, batch_size)]
 
 
-def micro_batches(indices: list[int], lengths: list[int], max_tokens: int) -> list[list[int]]:
-    """Split one step's examples into groups whose padded size (rows × longest) fits ``max_tokens``.
+def pack(indices: list[int], lengths: list[int], row_tokens: int) -> list[list[int]]:
+    """Best-fit decreasing: each item, longest first, goes into the fullest row it still fits in.
 
-    Sorting by length first keeps similar lengths together, which keeps padding low."""
-    groups: list[list[int]] = []
-    current: list[int] = []
+    An item longer than ``row_tokens`` gets a row of its own. Deterministic for given arguments."""
+    rows: list[list[int]] = []
+    room: list[tuple[int, int]] = []  # (free tokens, row), sorted
     for i in sorted(indices, key=lambda i: -lengths[i]):
-        # Longest first, so a group's padded width is the length of its first member.
-        if current and lengths[current[0]] * (len(current) + 1) > max_tokens:
-            groups.append(current)
-            current = []
-        current.append(i)
-    if current:
-        groups.append(current)
-    return groups
+        k = bisect_left(room, (lengths[i], -1))
+        if k < len(room):
+            free, r = room.pop(k)
+            rows[r].append(i)
+            insort(room, (free - lengths[i], r))
+        else:
+            rows.append([i])
+            insort(room, (row_tokens - lengths[i], len(rows) - 1))  # < 0: an item alone
+    return rows
 
 
-def collate(items: list[Tokenized], pad_id: int) -> Batch:
-    """Right-pad to the longest item."""
-    width = max(t.n_tokens for t in items)
-    ids = torch.full((len(items), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(items), width), IGNORE, dtype=torch.long)
-    mask = torch.zeros((len(items), width), dtype=torch.long)
-    for row, t in enumerate(items):
-        n = t.n_tokens
-        ids[row, :n] = torch.tensor(t.input_ids)
-        labels[row, :n] = torch.tensor(t.labels)
-        mask[row, :n] = 1
-    return Batch(ids, labels, mask)
+def padded_width(n_tokens: int) -> int:
+    return -(-n_tokens // ROW_ALIGN) * ROW_ALIGN
+
+
+def micro_batches(indices: list[int], lengths: list[int], max_tokens: int,
+                  row_tokens: int = DEFAULT_ROW_TOKENS) -> list[list[list[int]]]:
+    """Pack one step's items into rows, then group the rows so that rows × padded width fits ``max_tokens``.
+
+    Fullest rows first, so a group's width is that of its first row. ``row_tokens=1`` gives one
+    item per row: the plain padded batches."""
+    rows = pack(indices, lengths, min(row_tokens, max_tokens))
+    widths = [padded_width(sum(lengths[i] for i in row)) for row in rows]
+    groups: list[list[int]] = []
+    for r in sorted(range(len(rows)), key=lambda r: -widths[r]):  # stable: ties keep packing order
+        if groups and widths[groups[-1][0]] * (len(groups[-1]) + 1) <= max_tokens:
+            groups[-1].append(r)
+        else:
+            groups.append([r])
+    return [[rows[r] for r in group] for group in groups]
+
+
+def take(group: list[list[int]], items: list) -> list[list]:
+    """The items of a micro-batch's rows (``micro_batches`` gives their indices)."""
+    return [[items[i] for i in row] for row in group]
+
+
+def collate(rows: list[list[Tokenized]], pad_id: int) -> Batch:
+    """Lay each row's sequences end to end and right-pad every row to the padded width of the longest.
+
+    Sequences are numbered in order, row by row: ``Batch.sequence`` tells each token's."""
+    width = padded_width(max(sum(t.n_tokens for t in row) for row in rows))
+    shape = (len(rows), width)
+    ids = torch.full(shape, pad_id, dtype=torch.long)
+    targets = torch.full(shape, IGNORE, dtype=torch.long)
+    positions = torch.zeros(shape, dtype=torch.long)
+    sequence = torch.full(shape, -1, dtype=torch.long)
+    n = 0
+    for r, row in enumerate(rows):
+        start = 0
+        for t in row:
+            end = start + t.n_tokens
+            ids[r, start:end] = torch.tensor(t.input_ids)
+            targets[r, start : end - 1] = torch.tensor(t.labels[1:])
+            positions[r, start:end] = torch.arange(t.n_tokens)
+            sequence[r, start:end] = n
+            start, n = end, n + 1
+        # Padding goes on counting from the row's last sequence: a row of one sequence is then no packed row.
+        positions[r, start:] = torch.arange(start, width) - (start - row[-1].n_tokens)
+    return Batch(ids, targets, positions, sequence, n)

@@ -121,7 +121,8 @@ def _read(data: Path, engine: Engine, options: EvalOptions) -> tuple[list[Exampl
 def _evaluate(model: ResolvedModel, engine: Engine, examples: list[Example], tokenized: list[Tokenized],
               data: str, options: EvalOptions, progress: ProgressCallback | None) -> EvalReport:
     selected, _ = engine.select(model)
-    loss = evaluate(selected, tokenized, engine.tokenizer.pad_token_id)
+    # In the precision training validates in, so this loss is the one training reported.
+    loss = evaluate(selected, tokenized, engine.tokenizer.pad_token_id, precision=engine.settings.precision)
     questions = [prompt_and_reference(e) for e in examples]
     sampling = Sampling(max_tokens=options.max_tokens)  # greedy: the same answers every run
     replies = []

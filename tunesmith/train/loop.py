@@ -1,7 +1,8 @@
 """The one training loop: steps, validation, per-epoch checkpoints, early stop, clean stop, resume.
 
 What a step minimises is the config's ``objective`` (``losses.py``): SFT on tokenized examples, or
-DPO on preference pairs whose reference log-probs were attached before training.
+DPO on preference pairs whose reference log-probs were attached before training. A step's items are
+packed into rows (``batching.py``) and run in the config's ``precision`` (``precision.py``).
 
 It knows nothing of files, databases or terminals: progress goes to a ``Reporter`` and a stop is
 asked through ``stop_requested`` (checked between optimizer steps, so a stop never leaves a
@@ -23,10 +24,12 @@ from typing import Protocol
 
 import torch
 
-from tunesmith.data.batching import DEFAULT_MICRO_BATCH_TOKENS, epoch_order, micro_batches
+from tunesmith.config import PrecisionSetting
+from tunesmith.data.batching import DEFAULT_MICRO_BATCH_TOKENS, epoch_order, micro_batches, take
 from tunesmith.data.tokenize import Pair, Tokenized
 from tunesmith.train.hyper import DEFAULT_PATIENCE, lr_lambda
 from tunesmith.train.losses import SFT, Objective
+from tunesmith.train.precision import device_of, resolve
 
 STATE_FILE = "trainer_state.pt"
 
@@ -43,6 +46,7 @@ class LoopConfig:
     objective: Objective = field(default_factory=SFT)  # SFT on examples, or DPO on preference pairs
     eval_steps: int | None = None  # also evaluate every N steps (reported with that step's metrics)
     patience: int | None = DEFAULT_PATIENCE  # epochs without a lower valid_loss before stopping; None: guard off
+    precision: PrecisionSetting = "fp32"  # the job passes the settings' choice ("auto" unless set)
 
 
 @dataclass
@@ -74,7 +78,10 @@ def train(model, train_set: list[Tokenized] | list[Pair], cfg: LoopConfig, check
           reporter: Reporter, pad_id: int, valid_set: list[Tokenized] | list[Pair] | None = None,
           resume_from: Path | None = None, stop_requested: Callable[[], bool] = lambda: False) -> LoopResult:
     objective = cfg.objective
-    widths = [objective.width(t) for t in train_set]
+    amp = resolve(cfg.precision, device_of(model))
+    # Once per run, not per step: what the data order does not change.
+    lengths = [t.n_tokens for t in train_set]
+    weights = [objective.weight(t) for t in train_set]
     steps_per_epoch = len(epoch_order(len(train_set), cfg.batch_size, cfg.seed, 0))
     total_steps = steps_per_epoch * cfg.n_epochs
     params = [p for p in model.parameters() if p.requires_grad]
@@ -100,7 +107,7 @@ def train(model, train_set: list[Tokenized] | list[Pair], cfg: LoopConfig, check
     def validate() -> dict[str, float]:
         nonlocal evaluating
         began = time.perf_counter()
-        result = evaluate(model, valid_set, pad_id, cfg.micro_batch_tokens, objective)
+        result = evaluate(model, valid_set, pad_id, cfg.micro_batch_tokens, objective, cfg.precision)
         model.train()
         evaluating += time.perf_counter() - began
         return result
@@ -116,20 +123,20 @@ def train(model, train_set: list[Tokenized] | list[Pair], cfg: LoopConfig, check
     for epoch in range(step // steps_per_epoch, cfg.n_epochs):
         order = epoch_order(len(train_set), cfg.batch_size, cfg.seed, epoch)
         for indices in order[step - epoch * steps_per_epoch :]:
-            weight = sum(objective.weight(train_set[i]) for i in indices)
+            weight = sum(weights[i] for i in indices)
             sums: Counter[str] = Counter()
-            for group in micro_batches(indices, widths, cfg.micro_batch_tokens):
-                items = [train_set[i] for i in group]
-                loss, stats = objective(model, items, pad_id)
+            for group in micro_batches(indices, lengths, cfg.micro_batch_tokens):
+                with amp.autocast():
+                    loss, stats = objective(model, take(group, train_set), pad_id)
                 (loss / weight).backward()
                 sums.update(stats)
-                tokens_seen += sum(t.n_tokens for t in items)
+            tokens_seen += sum(lengths[i] for i in indices)
             torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
             optimizer.step()
             schedule.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
-            trained_tokens += sum(train_set[i].n_tokens for i in indices)
+            trained_tokens += sum(lengths[i] for i in indices)
             elapsed = time.perf_counter() - started - evaluating
             metrics = {"step": step, "total_steps": total_steps, "epoch": epoch + 1,
                        **{name: total / weight for name, total in sums.items()},
@@ -195,13 +202,15 @@ def resumable_checkpoint(checkpoint_dir: Path) -> Path | None:
 
 @torch.no_grad()
 def evaluate(model, dataset: list[Tokenized] | list[Pair], pad_id: int,
-             micro_batch_tokens: int = DEFAULT_MICRO_BATCH_TOKENS, objective: Objective = SFT()) -> dict[str, float]:
+             micro_batch_tokens: int = DEFAULT_MICRO_BATCH_TOKENS, objective: Objective = SFT(),
+             precision: PrecisionSetting = "fp32") -> dict[str, float]:
     """The objective's step metrics over a whole dataset, each named ``valid_`` + its name without
     ``train_`` (valid_loss, valid_mean_token_accuracy, valid_rewards/accuracies, …)."""
     model.eval()
-    widths = [objective.width(t) for t in dataset]
+    amp = resolve(precision, device_of(model))
     sums: Counter[str] = Counter()
-    for group in micro_batches(list(range(len(dataset))), widths, micro_batch_tokens):
-        sums.update(objective(model, [dataset[i] for i in group], pad_id)[1])
+    for group in micro_batches(list(range(len(dataset))), [t.n_tokens for t in dataset], micro_batch_tokens):
+        with amp.autocast():
+            sums.update(objective(model, take(group, dataset), pad_id)[1])
     weight = max(sum(objective.weight(t) for t in dataset), 1)
     return {"valid_" + name.removeprefix("train_"): total / weight for name, total in sums.items()}

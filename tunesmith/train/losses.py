@@ -1,8 +1,9 @@
 """Training objectives: the token-level SFT loss and DPO's sigmoid preference loss.
 
-An objective turns a micro-batch of items into a summed loss and summed statistics (named as the
-step metrics they become). The loop divides both by the step's total ``weight`` (trained tokens
-for SFT, pairs for DPO), so accumulating micro-batches gives the update of one large batch.
+An objective turns a micro-batch (rows of items, packed by ``batching.micro_batches``) into a summed
+loss and summed statistics (named as the step metrics they become). The loop divides both by the
+step's total ``weight`` (trained tokens for SFT, pairs for DPO), so accumulating micro-batches gives
+the update of one large batch.
 """
 
 from __future__ import annotations
@@ -12,57 +13,87 @@ from typing import Protocol
 
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
-from tunesmith.data.batching import DEFAULT_MICRO_BATCH_TOKENS, Batch, collate, micro_batches
+from tunesmith.config import PrecisionSetting
+from tunesmith.data.batching import DEFAULT_MICRO_BATCH_TOKENS, Batch, collate, micro_batches, take
 from tunesmith.data.tokenize import IGNORE, Pair, Tokenized
+from tunesmith.train.precision import device_of, resolve
 
 DPO_METRICS = ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies")  # TRL's names
+# Logits of at most this many elements exist at once (128 MiB in fp32): 682 positions of SmolLM2's
+# 49k vocabulary, 128 of Gemma 3's 262k.
+LOGITS_CHUNK_ELEMENTS = 1 << 25
 
 
-def _answer_logits(model, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Logits at every position that predicts a label, those labels, and the row of each.
+class _Head:
+    """Hidden states to fp32 logits, as the model's own forward does it after its decoder."""
 
-    Logits are produced only at positions that predict a label (``logits_to_keep``): for
-    assistant-only training most positions carry none, and the vocabulary-sized logits tensor
-    is the largest activation of a small model.
+    def __init__(self, model):
+        config = model.config.get_text_config()
+        self.projection = model.get_output_embeddings()  # the adapted module, when PEFT wrapped it
+        self.softcap = getattr(config, "final_logit_softcapping", None)  # Gemma 2; None for Llama, Gemma 3
+        self.chunk = max(1, LOGITS_CHUNK_ELEMENTS // config.vocab_size)
+
+    def score(self, hidden: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each target's log-probability, and whether it was the top prediction."""
+        logits = self.projection(hidden).float()  # the softmax and the loss in fp32, even under autocast
+        if self.softcap is not None:
+            logits = torch.tanh(logits / self.softcap) * self.softcap
+        return -F.cross_entropy(logits, targets, reduction="none"), logits.argmax(-1) == targets
+
+
+def token_logps(model, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """For every trained target: its log-probability, whether it was the top prediction, its sequence.
+
+    The decoder runs once over the batch; the vocabulary projection and softmax run only at trained
+    positions, a chunk at a time. Every chunk but the last is recomputed in backward (checkpoint)
+    instead of kept, so the vocabulary-sized logits exist for one chunk at a time, never for the batch.
     """
-    targets = batch.labels[:, 1:]
-    positions = (targets != IGNORE).any(dim=0).nonzero().squeeze(1)
-    out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, logits_to_keep=positions)
-    targets = targets[:, positions]
-    selected = targets != IGNORE
-    return out.logits[selected].float(), targets[selected], selected.nonzero()[:, 0]
+    batch = batch.to(device_of(model))
+    # No attention mask: the restarting position ids keep packed sequences apart (batching.py). No
+    # cache either: with one, transformers would not look for packed sequences.
+    hidden = model.get_decoder()(input_ids=batch.input_ids, position_ids=batch.position_ids,
+                                 use_cache=False).last_hidden_state
+    trained = batch.targets != IGNORE
+    hidden, targets = hidden[trained], batch.targets[trained]
+    head = _Head(model)
+    starts = range(0, max(len(targets), 1), head.chunk)  # one (empty) chunk at least keeps the graph
+    parts = []
+    for start in starts:
+        chunk = hidden[start : start + head.chunk], targets[start : start + head.chunk]
+        last = start == starts[-1]  # its backward comes first, right after the forward: keeping it costs nothing
+        recompute = torch.is_grad_enabled() and not last
+        # No randomness in the head: no RNG state to save and restore.
+        parts.append(checkpoint(head.score, *chunk, use_reentrant=False, preserve_rng_state=False)
+                     if recompute else head.score(*chunk))
+    logps, hits = (torch.cat(p) for p in zip(*parts))
+    return logps, hits, batch.sequence[trained]
 
 
 def sft_loss(model, batch: Batch) -> tuple[torch.Tensor, int, int]:
     """Summed cross-entropy over trained tokens, plus (correct predictions, trained tokens)."""
-    logits, targets, _ = _answer_logits(model, batch)
-    loss = F.cross_entropy(logits, targets, reduction="sum")
-    correct = int((logits.argmax(-1) == targets).sum())
-    return loss, correct, int(targets.numel())
+    logps, hits, _ = token_logps(model, batch)
+    return -logps.sum(), int(hits.sum()), int(logps.numel())
 
 
 def answer_logps(model, batch: Batch) -> torch.Tensor:
-    """Each row's summed log-probability of its trained tokens (the answer through end-of-turn)."""
-    logits, targets, rows = _answer_logits(model, batch)
-    token_logps = -F.cross_entropy(logits, targets, reduction="none")
-    return torch.zeros(batch.labels.shape[0], dtype=token_logps.dtype).index_add(0, rows, token_logps)
+    """Each sequence's summed log-probability of its trained tokens (the answer through end-of-turn)."""
+    logps, _, sequence = token_logps(model, batch)
+    return logps.new_zeros(batch.n_sequences).index_add(0, sequence, logps)
 
 
-def _pair_logps(model, pairs: list[Pair], pad_id: int) -> torch.Tensor:
-    """Summed answer log-probs of every chosen answer, then of every rejected one: one forward pass."""
-    return answer_logps(model, collate([p.chosen for p in pairs] + [p.rejected for p in pairs], pad_id))
+def _pair_logps(model, rows: list[list[Pair]], pad_id: int) -> torch.Tensor:
+    """[pairs, 2]: the summed answer log-probs of each pair's chosen and rejected answer.
 
-
-def _pair_width(pair: Pair) -> int:
-    # Both answers run in the same forward pass, padded to the longer one.
-    return 2 * max(pair.chosen.n_tokens, pair.rejected.n_tokens)
+    A pair is packed whole, its two sequences side by side, so the rows need no separate bookkeeping."""
+    return answer_logps(model, collate([[s for p in row for s in (p.chosen, p.rejected)] for row in rows],
+                                       pad_id)).view(-1, 2)
 
 
 class Objective(Protocol):
     def weight(self, item) -> int: ...  # the item's share of a step's mean
-    def width(self, item) -> int: ...  # padded tokens it takes in a micro-batch
-    def __call__(self, model, items: list, pad_id: int) -> tuple[torch.Tensor, dict[str, float]]: ...
+    def __call__(self, model, rows: list[list], pad_id: int) -> tuple[torch.Tensor, dict[str, float]]: ...
 
 
 class SFT:
@@ -71,11 +102,8 @@ class SFT:
     def weight(self, item: Tokenized) -> int:
         return item.n_trained
 
-    def width(self, item: Tokenized) -> int:
-        return item.n_tokens
-
-    def __call__(self, model, items: list[Tokenized], pad_id: int) -> tuple[torch.Tensor, dict[str, float]]:
-        loss, correct, _ = sft_loss(model, collate(items, pad_id))
+    def __call__(self, model, rows: list[list[Tokenized]], pad_id: int) -> tuple[torch.Tensor, dict[str, float]]:
+        loss, correct, _ = sft_loss(model, collate(rows, pad_id))
         return loss, {"train_loss": float(loss.detach()), "train_mean_token_accuracy": correct}
 
 
@@ -89,15 +117,10 @@ class DPO:
     def weight(self, item: Pair) -> int:
         return 1
 
-    def width(self, item: Pair) -> int:
-        return _pair_width(item)
-
-    def __call__(self, model, items: list[Pair], pad_id: int) -> tuple[torch.Tensor, dict[str, float]]:
-        n = len(items)
-        logps = _pair_logps(model, items, pad_id)
-        reference = torch.tensor([p.reference for p in items], dtype=logps.dtype)
-        chosen = self.beta * (logps[:n] - reference[:, 0])  # implicit rewards
-        rejected = self.beta * (logps[n:] - reference[:, 1])
+    def __call__(self, model, rows: list[list[Pair]], pad_id: int) -> tuple[torch.Tensor, dict[str, float]]:
+        logps = _pair_logps(model, rows, pad_id)
+        reference = torch.tensor([p.reference for row in rows for p in row], dtype=logps.dtype, device=logps.device)
+        chosen, rejected = (self.beta * (logps - reference)).unbind(1)  # implicit rewards
         losses = -F.logsigmoid(chosen - rejected)
         chosen, rejected = chosen.detach(), rejected.detach()
         margins = chosen - rejected
@@ -107,12 +130,14 @@ class DPO:
 
 
 @torch.no_grad()
-def attach_reference(model, pairs: list[Pair], pad_id: int,
-                     micro_batch_tokens: int = DEFAULT_MICRO_BATCH_TOKENS) -> None:
-    """Set each pair's ``reference``: the log-probs of its answers under the model as it is now."""
+def attach_reference(model, pairs: list[Pair], pad_id: int, micro_batch_tokens: int = DEFAULT_MICRO_BATCH_TOKENS,
+                     precision: PrecisionSetting = "fp32") -> None:
+    """Set each pair's ``reference``: the log-probs of its answers under the model as it is now, in the
+    precision training will use (so that at the start the policy is exactly its own reference)."""
     model.eval()
-    for group in micro_batches(list(range(len(pairs))), [_pair_width(p) for p in pairs], micro_batch_tokens):
-        chunk = [pairs[i] for i in group]
-        logps = _pair_logps(model, chunk, pad_id)
-        for k, pair in enumerate(chunk):
-            pair.reference = (float(logps[k]), float(logps[k + len(chunk)]))
+    amp = resolve(precision, device_of(model))
+    for group in micro_batches(list(range(len(pairs))), [p.n_tokens for p in pairs], micro_batch_tokens):
+        with amp.autocast():
+            logps = _pair_logps(model, take(group, pairs), pad_id)
+        for i, (chosen, rejected) in zip((i for row in group for i in row), logps.tolist(), strict=True):
+            pairs[i].reference = (chosen, rejected)

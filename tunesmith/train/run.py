@@ -16,13 +16,14 @@ from pathlib import Path
 
 import torch
 
-from tunesmith.config import Settings, enforce_offline, get_settings
+from tunesmith.config import PrecisionSetting, Settings, enforce_offline, get_settings
 from tunesmith.data.tokenize import Pair
 from tunesmith.data.validate import DEFAULT_MAX_LENGTH, Report, validate_file
 from tunesmith.errors import TunesmithError
 from tunesmith.models import finetuned
 from tunesmith.models.loading import BaseInfo, ensure_cached, load_model, load_renderer
 from tunesmith.train import hyper, loop, losses
+from tunesmith.train.precision import training_device
 
 METHODS = ("lora", "full", "dpo")  # dpo: preference pairs, trained as a LoRA adapter
 REFERENCE_FILE = "reference_logps.pt"
@@ -147,20 +148,24 @@ def run_job(spec: TrainSpec, reporter: JobReporter, settings: Settings | None = 
     if resume_from is not None:
         reporter.on_message(f"Resuming from checkpoint {resume_from.name}")
 
+    # Intra-op threads do all the work of eager training. The inter-op pool only runs forked tasks
+    # (torch.jit.fork), which training has none of, so its size is left alone.
     torch.set_num_threads(settings.threads)
     torch.manual_seed(seed)
-    model = build_model(info, resume_from or start.weights, spec)
+    model = build_model(info, resume_from or start.weights, spec).to(training_device())
     pad_id = renderer.tokenizer.pad_token_id
     objective: losses.Objective = losses.SFT()
     if spec.method == "dpo":
-        _attach_reference(model, train_set + valid_set, job_dir / REFERENCE_FILE, pad_id, reporter)
+        _attach_reference(model, train_set + valid_set, job_dir / REFERENCE_FILE, pad_id, reporter,
+                          settings.precision)
         objective = losses.DPO(hp.beta)
 
     beta = f", beta {hp.beta:g}" if hp.beta is not None else ""
     reporter.on_message(f"Job {job_id}: {len(train_set)} examples, {hp.n_epochs} epochs, "
                         f"batch size {hp.batch_size}, learning rate {hp.learning_rate:.2e}{beta}, seed {seed}")
     cfg = loop.LoopConfig(hp.n_epochs, hp.batch_size, hp.learning_rate, seed, objective=objective,
-                          eval_steps=spec.eval_steps, patience=spec.patience if spec.early_stopping else None)
+                          eval_steps=spec.eval_steps, patience=spec.patience if spec.early_stopping else None,
+                          precision=settings.precision)
     result = loop.train(model, train_set, cfg, job_dir / "checkpoints", reporter,
                         pad_id=pad_id, valid_set=valid_set, resume_from=resume_from,
                         stop_requested=stop_requested)
@@ -224,7 +229,8 @@ def _report_choice(result: loop.LoopResult, patience: int, reporter: JobReporter
                             f"the model is its checkpoint (step {best.step}), not the last one")
 
 
-def _attach_reference(model, pairs: list[Pair], path: Path, pad_id: int, reporter: JobReporter) -> None:
+def _attach_reference(model, pairs: list[Pair], path: Path, pad_id: int, reporter: JobReporter,
+                      precision: PrecisionSetting = "fp32") -> None:
     """DPO's reference: the starting weights' log-probs of every answer, computed once before the first step.
 
     Precomputed (TRL's ``precompute_ref_log_probs``) rather than recomputed every step with the
@@ -237,7 +243,7 @@ def _attach_reference(model, pairs: list[Pair], path: Path, pad_id: int, reporte
             pair.reference = tuple(reference)
         return
     reporter.on_message(f"Computing the reference log-probabilities of {len(pairs)} preference pairs")
-    losses.attach_reference(model, pairs, pad_id)
+    losses.attach_reference(model, pairs, pad_id, precision=precision)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     torch.save(torch.tensor([p.reference for p in pairs], dtype=torch.float64), tmp)
