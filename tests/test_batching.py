@@ -12,11 +12,12 @@ def test_epoch_order_is_a_deterministic_partition():
     assert order != epoch_order(10, 4, seed=3, epoch=2)
 
 
-def test_pack_fits_rows_best_first_and_keeps_an_oversized_item_alone():
+def test_pack_evens_out_rows_and_keeps_an_oversized_item_alone():
     lengths = [600, 500, 400, 300, 200, 100, 2000]
     rows = pack(list(range(7)), lengths, row_tokens=1024)
-    # Longest first, each into the fullest row it still fits: 400 joins 600 (not 500), 100 fits nowhere.
-    assert rows == [[6], [0, 2], [1, 3, 4], [5]]
+    # As few rows as 2100 tokens need, evened out: longest first, each into the emptiest row.
+    assert rows == [[6], [0, 5], [1, 4], [2, 3]]
+    assert pack([0, 1, 2], [700, 700, 600], row_tokens=1024) == [[0], [1], [2]]  # 2 rows would overflow
 
 
 def test_micro_batches_pack_rows_within_the_token_budget():

@@ -16,8 +16,8 @@ first.
 
 from __future__ import annotations
 
-from bisect import bisect_left, insort
 from dataclasses import dataclass
+from heapq import heappop, heappush
 
 import numpy as np
 import torch
@@ -25,13 +25,13 @@ import torch
 from tunesmith.data.tokenize import IGNORE, Tokenized
 
 DEFAULT_MICRO_BATCH_TOKENS = 4096
-# On CPU, attention runs a dense (row × row) mask: a 4096-token row would spend as much on attention
-# as on all linear layers, most of it masked out. 1024 costs a third of the linear layers at most and
-# still holds a few typical chat examples (longer ones get a row of their own).
+# On CPU, attention runs a dense (row × row) mask: in SmolLM2 a 4096-token row would spend more on
+# attention than on all linear layers, most of it masked out; a 1024-token row at most a third of
+# theirs, and it still holds a few typical chat examples (longer ones get a row of their own).
 DEFAULT_ROW_TOKENS = 1024
-# Rows are padded to a multiple of this: a small set of shapes (cached kernels, e.g. oneDNN's bf16
-# primitives) for less than this many padding tokens per row.
-ROW_ALIGN = 64
+# Rows are padded to a multiple of this: a bounded set of shapes (kernels cached per shape, e.g.
+# oneDNN's bf16 primitives; whole AMX tiles) for 16 padding tokens per row on average.
+ROW_ALIGN = 32
 
 
 @dataclass
@@ -63,21 +63,24 @@ def epoch_order(n_examples: int, batch_size: int, seed: int, epoch: int) -> list
 
 
 def pack(indices: list[int], lengths: list[int], row_tokens: int) -> list[list[int]]:
-    """Best-fit decreasing: each item, longest first, goes into the fullest row it still fits in.
+    """Spread items over as few rows of at most ``row_tokens`` as they fill, evenly.
 
+    Evenly, because a micro-batch's rows are padded to its fullest one: each item, longest first,
+    goes into the emptiest row (LPT scheduling); a row more is opened only if that overflows one.
     An item longer than ``row_tokens`` gets a row of its own. Deterministic for given arguments."""
-    rows: list[list[int]] = []
-    room: list[tuple[int, int]] = []  # (free tokens, row), sorted
-    for i in sorted(indices, key=lambda i: -lengths[i]):
-        k = bisect_left(room, (lengths[i], -1))
-        if k < len(room):
-            free, r = room.pop(k)
+    alone = [[i] for i in indices if lengths[i] > row_tokens]
+    rest = sorted((i for i in indices if lengths[i] <= row_tokens), key=lambda i: -lengths[i])
+    n_rows = -(-sum(lengths[i] for i in rest) // row_tokens)
+    while True:
+        rows: list[list[int]] = [[] for _ in range(n_rows)]
+        fills = [(0, r) for r in range(n_rows)]  # a heap of (tokens, row)
+        for i in rest:
+            fill, r = heappop(fills)
             rows[r].append(i)
-            insort(room, (free - lengths[i], r))
-        else:
-            rows.append([i])
-            insort(room, (row_tokens - lengths[i], len(rows) - 1))  # < 0: an item alone
-    return rows
+            heappush(fills, (fill + lengths[i], r))
+        if all(fill <= row_tokens for fill, _ in fills):
+            return alone + rows
+        n_rows += 1
 
 
 def padded_width(n_tokens: int) -> int:

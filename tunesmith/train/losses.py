@@ -32,7 +32,7 @@ class _Head:
     def __init__(self, model):
         config = model.config.get_text_config()
         self.projection = model.get_output_embeddings()  # the adapted module, when PEFT wrapped it
-        self.softcap = getattr(config, "final_logit_softcapping", None)  # Gemma 2; None for Llama, Gemma 3
+        self.softcap = getattr(config, "final_logit_softcapping", None)  # set by Gemma 2, for one
         self.chunk = max(1, LOGITS_CHUNK_ELEMENTS // config.vocab_size)
 
     def score(self, hidden: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -62,8 +62,8 @@ def token_logps(model, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.
     parts = []
     for start in starts:
         chunk = hidden[start : start + head.chunk], targets[start : start + head.chunk]
-        last = start == starts[-1]  # its backward comes first, right after the forward: keeping it costs nothing
-        recompute = torch.is_grad_enabled() and not last
+        # The last chunk's backward runs first, so keeping it costs one chunk of memory, as recomputing does.
+        recompute = torch.is_grad_enabled() and start != starts[-1]
         # No randomness in the head: no RNG state to save and restore.
         parts.append(checkpoint(head.score, *chunk, use_reentrant=False, preserve_rng_state=False)
                      if recompute else head.score(*chunk))
