@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+BENCH_STAMP := $(VENV)/.installed-bench
 DEMO   := demo-output
 
 # The client-compatibility tests (tests/test_external_clients.py) drive the server with the
@@ -22,7 +23,7 @@ SHELL := /bin/bash
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install test-clients demo dpo-demo bench-dpo-memory test clean
+.PHONY: install test-clients demo dpo-demo bench bench-dpo-memory test clean
 
 install: $(STAMP)
 
@@ -69,6 +70,16 @@ dpo-demo: install
 	$(BIN)/python examples/preference/score.py $(DEMO)/preference/heldout.jsonl \
 		smollm2-135m-instruct "$$(cat $(DEMO)/preference/model.txt)" --show 3
 
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/pip install -q --disable-pip-version-check -e '.[bench]'
+	touch $@
+
+# One epoch of LoRA SFT: tunesmith's trainer against TRL's SFTTrainer, default and best.
+# BENCH_ARGS=--quick for a smoke run, BENCH_ARGS="--method full" for full fine-tuning.
+BENCH_ARGS ?=
+bench: $(BENCH_STAMP)
+	$(BIN)/python bench/train_throughput.py --json bench-throughput.json $(BENCH_ARGS)
+
 bench-dpo-memory: install
 	$(BIN)/python bench/dpo_memory.py
 
@@ -76,4 +87,4 @@ test: install test-clients
 	$(BIN)/python -m pytest -q
 
 clean:
-	rm -rf $(VENV) $(DEMO) $(CLI_VENV) $(NODE_DIR)/node_modules
+	rm -rf $(VENV) $(DEMO) $(CLI_VENV) $(NODE_DIR)/node_modules bench-throughput.json
