@@ -5,7 +5,7 @@
     python bench/train_throughput.py --method full               # full fine-tuning instead of LoRA
 
 The script writes a fixed chat dataset (seeded: list words, then sort, reverse or capitalise them;
-30–600 tokens each, mixed) and a held-out set, then trains one epoch in each configuration, each in
+lengths drawn evenly from 30–600 tokens, the template's ~40 the least) and a held-out set, then trains one epoch in each configuration, each in
 a fresh process so that its peak RSS is its own:
 
 - ``tunesmith``: tunesmith's trainer with its defaults (auto batch size and learning rate, precision
@@ -18,7 +18,8 @@ a fresh process so that its peak RSS is its own:
 
 All three take the same optimizer steps: the same examples per step (tunesmith's auto batch size),
 the same peak learning rate, LoRA r=16 α=32 on all linear layers. Reported for each: trained tokens
-per second (every non-padding token of the epoch over the time of ``train``), that time, peak RSS,
+per second (every non-padding token of the epoch over the time of ``train``; tunesmith's includes
+writing its end-of-epoch checkpoint, TRL saves nothing), that time, peak RSS,
 and the held-out loss after the epoch (tunesmith's: mean cross-entropy per assistant token, in fp32,
 the same evaluation for all three). tunesmith's model-FLOP utilisation is against the best matmul
 rate (bf16 or fp32) measured in the same run; its FLOPs are the work the loss needs: linear layers
