@@ -23,7 +23,7 @@ SHELL := /bin/bash
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install test-clients demo dpo-demo bench bench-dpo-memory test clean
+.PHONY: install test-clients demo guard-demo dpo-demo bench bench-dpo-memory test clean
 
 install: $(STAMP)
 
@@ -61,6 +61,13 @@ demo: install
 	$(BIN)/python examples/json_extraction/score.py $(DEMO)/heldout.jsonl \
 		smollm2-135m-instruct "$$(cat $(DEMO)/model.txt)" --show 5
 
+# The overfitting guard: 12 training lines, 15 epochs asked for; validation loss turns up, training
+# stops early and the model is the best epoch's checkpoint (the per-epoch curve is printed).
+guard-demo: install
+	$(BIN)/python examples/json_extraction/generate.py --out $(DEMO)/guard --train 12 --heldout 30
+	$(BIN)/tunesmith train $(DEMO)/guard/train.jsonl --validation $(DEMO)/guard/heldout.jsonl \
+		--epochs 15 --batch-size 4 --suffix guard --seed 0
+
 # Preference tuning: pairs of the model's own answers with and without a sign-off line, a default DPO
 # run, then how often base and tuned model sign off their answers to held-out prompts.
 dpo-demo: install
@@ -84,7 +91,7 @@ bench-dpo-memory: install
 	$(BIN)/python bench/dpo_memory.py
 
 test: install test-clients
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
 
 clean:
 	rm -rf $(VENV) $(DEMO) $(CLI_VENV) $(NODE_DIR)/node_modules bench-throughput.json

@@ -100,3 +100,10 @@ def test_ctrl_c_stops_cleanly_and_keeps_a_resumable_checkpoint(json_data, tmp_pa
     assert (checkpoint / "adapter_model.safetensors").exists()
     assert (checkpoint / "trainer_state.pt").exists()
     assert out == ""  # no model was registered
+
+
+def test_model_names_print_as_they_are(capsys):
+    from tunesmith.cli import out
+
+    out.print("ft:smollm2-135m-instruct:local:guard:0zrgnJoA", highlight=False)  # ":guard:" is an emoji code
+    assert capsys.readouterr().out.strip() == "ft:smollm2-135m-instruct:local:guard:0zrgnJoA"

@@ -21,8 +21,9 @@ from tunesmith.train.hyper import DEFAULT_PATIENCE
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Fine-tune language models on your own hardware, offline.")
-out = Console()
-err = Console(stderr=True)
+# No emoji codes: a model name like ft:…:local:guard:… must print as it is, not with ":guard:" as 💂.
+out = Console(emoji=False)
+err = Console(stderr=True, emoji=False)
 
 ModelOpt = Annotated[str, typer.Option("--model", help="Base model name, local HF dir, .gguf file or ft: model.")]
 

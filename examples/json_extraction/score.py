@@ -56,7 +56,7 @@ def main() -> None:
     parser.add_argument("--json", dest="json_out", type=Path, help="write the scores here")
     args = parser.parse_args()
     quiet_libraries()
-    console = Console()
+    console = Console(emoji=False)  # model names hold colons: ft:…:local:guard:…
     scores, answers, prompts, expected = score_models(args.heldout, args.models, args.limit, console)
     if args.show:
         table = Table(title="Held-out questions", show_lines=True)

@@ -72,7 +72,7 @@ def main() -> None:
     parser.add_argument("--json", dest="json_out", type=Path, help="write the scores here")
     args = parser.parse_args()
     quiet_libraries()
-    console = Console()
+    console = Console(emoji=False)  # model names hold colons: ft:…:local:guard:…
     rates, answers, prompts = sign_off_rates(args.heldout, args.models, args.max_tokens, console)
     rewards = {name: reward_metrics(args.heldout, name) for name in args.models if name.startswith("ft:")}
     for name, metrics in rewards.items():
