@@ -86,9 +86,12 @@ def answer_logps(model, batch: Batch) -> torch.Tensor:
 def _pair_logps(model, rows: list[list[Pair]], pad_id: int) -> torch.Tensor:
     """[pairs, 2]: the summed answer log-probs of each pair's chosen and rejected answer.
 
-    A pair is packed whole, its two sequences side by side, so the rows need no separate bookkeeping."""
-    return answer_logps(model, collate([[s for p in row for s in (p.chosen, p.rejected)] for row in rows],
-                                       pad_id)).view(-1, 2)
+    A row of several pairs is packed, each pair's two answers side by side; a row of one pair becomes
+    two rows of one sequence each, which run the cheaper causal attention (``batching.cost``). Either
+    way the sequences come in pair order, chosen before rejected."""
+    sequences = [[[s] for s in (row[0].chosen, row[0].rejected)] if len(row) == 1
+                 else [[s for p in row for s in (p.chosen, p.rejected)]] for row in rows]
+    return answer_logps(model, collate([r for rs in sequences for r in rs], pad_id)).view(-1, 2)
 
 
 class Objective(Protocol):
