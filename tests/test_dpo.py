@@ -148,7 +148,7 @@ def test_validate_reports_pair_statistics_and_dpo_hyperparameters(tmp_path, smol
 def test_beta_is_a_dpo_hyperparameter():
     assert resolve(200, "dpo").beta == 0.1 and resolve(200, "dpo", beta="0.5").beta == 0.5
     assert resolve(200, "lora").beta is None and "beta" not in resolve(200, "lora").as_dict()
-    with pytest.raises(TunesmithError, match="beta applies only to the DPO method"):
+    with pytest.raises(TunesmithError, match="beta and rpo_alpha apply only to the DPO method"):
         resolve(200, "lora", beta=0.2)
     with pytest.raises(TunesmithError, match="beta must be at least"):
         resolve(200, "dpo", beta=0)
@@ -192,6 +192,12 @@ def test_dpo_loss_and_rewards_match_a_hand_computation(tiny_model_factory, rende
     assert stats["rewards/rejected"] == pytest.approx(sum(e[2] for e in expected), abs=1e-4)
     assert stats["rewards/margins"] == pytest.approx(sum(e[1] - e[2] for e in expected), abs=1e-4)
     assert stats["rewards/accuracies"] == sum(e[1] > e[2] for e in expected)
+    with torch.no_grad():
+        nll = sum(-hand_logps(policy, p.chosen) / p.chosen.n_trained for p in pairs)
+    assert stats["nll_loss"] == pytest.approx(nll, abs=1e-4)
+    # RPO: the chosen answers' mean token NLL, weighted, on top of the DPO loss.
+    rpo, rpo_stats = DPO(beta, rpo_alpha=0.5)(policy, [pairs[:2], pairs[2:]], pad_id=2)
+    assert float(rpo.detach()) == pytest.approx(float(loss.detach()) + 0.5 * nll, abs=1e-4)
     loss.backward()
     assert all(p.grad is not None for p in policy.parameters() if p.requires_grad)
 

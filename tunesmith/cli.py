@@ -215,6 +215,8 @@ def train(
     batch_size: Annotated[str, typer.Option(help="Number or auto.")] = "auto",
     learning_rate_multiplier: Annotated[str, typer.Option(help="Number or auto.")] = "auto",
     beta: Annotated[str, typer.Option(help="DPO only: number or auto (0.1).")] = "auto",
+    rpo_alpha: Annotated[str, typer.Option(
+        help="DPO only: weight of the chosen answers' NLL added to the DPO loss (RPO); number or auto.")] = "auto",
     suffix: Annotated[Optional[str], typer.Option(help="Up to 64 characters, part of the model name.")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed; same seed, same result.")] = None,
     max_length: Annotated[int, typer.Option(help="Examples longer than this are truncated.")] = 2048,
@@ -231,7 +233,7 @@ def train(
     from tunesmith.train.run import TrainSpec, run_job
 
     spec = TrainSpec(file, validation, model, method, epochs, batch_size, learning_rate_multiplier, beta,
-                     suffix, seed, max_length, early_stopping=early_stopping, patience=patience,
+                     rpo_alpha, suffix, seed, max_length, early_stopping=early_stopping, patience=patience,
                      eval_steps=eval_steps, auto_split=auto_split)
     stop = _StopOnInterrupt()
     progress = Progress(TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),

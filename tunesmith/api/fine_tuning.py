@@ -41,6 +41,7 @@ class Hyperparameters(BaseModel):
 
 class DpoHyperparameters(Hyperparameters):
     beta: Auto | Annotated[float, Field(gt=0, le=2)] = "auto"
+    rpo_alpha: Auto | Annotated[float, Field(ge=0, le=10)] = "auto"  # tunesmith's: see `tunesmith train --rpo-alpha`
 
 
 class Supervised(BaseModel):

@@ -165,7 +165,7 @@ class Worker:
         hp = job.hyperparameters
         resolved = hyper.resolve(len(train.tokenized), TRAIN_METHOD[job.method], hp.get("n_epochs", "auto"),
                                  hp.get("batch_size", "auto"), hp.get("learning_rate_multiplier", "auto"),
-                                 hp.get("beta", "auto"))
+                                 hp.get("beta", "auto"), hp.get("rpo_alpha", "auto"))
         return {"base": base, "data_format": train.format,
                 "hyperparameters": {**{k: v for k, v in resolved.as_dict().items() if k != "learning_rate"},
                                     **{k: hp[k] for k in GUARD_SETTINGS if k in hp}}}

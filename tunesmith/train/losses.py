@@ -20,7 +20,7 @@ from tunesmith.data.batching import DEFAULT_MICRO_BATCH_TOKENS, Batch, collate, 
 from tunesmith.data.tokenize import IGNORE, Pair, Tokenized
 from tunesmith.train.precision import device_of, resolve
 
-DPO_METRICS = ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies")  # TRL's names
+DPO_METRICS = ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "nll_loss")  # TRL's names
 # Logits of at most this many elements exist at once (128 MiB in fp32): 682 positions of SmolLM2's
 # 49k vocabulary, 128 of Gemma 3's 262k.
 LOGITS_CHUNK_ELEMENTS = 1 << 25
@@ -116,6 +116,7 @@ class DPO:
     each answer's trained tokens; the references are the pairs' precomputed ``reference``."""
 
     beta: float
+    rpo_alpha: float = 0.0  # plus this times the chosen answer's mean token NLL (RPO), per pair
 
     def weight(self, item: Pair) -> int:
         return 1
@@ -125,11 +126,14 @@ class DPO:
         reference = torch.tensor([p.reference for row in rows for p in row], dtype=logps.dtype, device=logps.device)
         chosen, rejected = (self.beta * (logps - reference)).unbind(1)  # implicit rewards
         losses = -F.logsigmoid(chosen - rejected)
+        nll = -logps[:, 0] / torch.tensor([p.chosen.n_trained for row in rows for p in row], device=logps.device)
+        if self.rpo_alpha:
+            losses = losses + self.rpo_alpha * nll
         chosen, rejected = chosen.detach(), rejected.detach()
         margins = chosen - rejected
         return losses.sum(), {"train_loss": float(losses.detach().sum()), "rewards/chosen": float(chosen.sum()),
                               "rewards/rejected": float(rejected.sum()), "rewards/margins": float(margins.sum()),
-                              "rewards/accuracies": float((margins > 0).sum())}
+                              "rewards/accuracies": float((margins > 0).sum()), "nll_loss": float(nll.detach().sum())}
 
 
 @torch.no_grad()

@@ -41,6 +41,7 @@ class TrainSpec:
     batch_size: int | str = "auto"
     learning_rate_multiplier: float | str = "auto"
     beta: float | str = "auto"  # DPO only
+    rpo_alpha: float | str = "auto"  # DPO only
     suffix: str | None = None
     seed: int | None = None
     max_length: int = DEFAULT_MAX_LENGTH
@@ -140,7 +141,7 @@ def run_job(spec: TrainSpec, reporter: JobReporter, settings: Settings | None = 
                             f"({spec.auto_split:.0%}) of {spec.training_file.name} for validation")
     _warn_leakage(train_examples, valid_examples, reporter)
     hp = hyper.resolve(len(train_set), spec.method, spec.n_epochs, spec.batch_size,
-                       spec.learning_rate_multiplier, spec.beta)
+                       spec.learning_rate_multiplier, spec.beta, spec.rpo_alpha)
 
     job_id = job_id or f"ftjob-{finetuned.new_id(24)}"
     job_dir = settings.jobs_dir / job_id
@@ -158,9 +159,9 @@ def run_job(spec: TrainSpec, reporter: JobReporter, settings: Settings | None = 
     if spec.method == "dpo":
         _attach_reference(model, train_set + valid_set, job_dir / REFERENCE_FILE, pad_id, reporter,
                           settings.precision)
-        objective = losses.DPO(hp.beta)
+        objective = losses.DPO(hp.beta, hp.rpo_alpha)
 
-    beta = f", beta {hp.beta:g}" if hp.beta is not None else ""
+    beta = f", beta {hp.beta:g}, rpo_alpha {hp.rpo_alpha:g}" if hp.beta is not None else ""
     reporter.on_message(f"Job {job_id}: {len(train_set)} examples, {hp.n_epochs} epochs, "
                         f"batch size {hp.batch_size}, learning rate {hp.learning_rate:.2e}{beta}, seed {seed}")
     cfg = loop.LoopConfig(hp.n_epochs, hp.batch_size, hp.learning_rate, seed, objective=objective,
