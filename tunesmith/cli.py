@@ -144,9 +144,8 @@ def _print_report(report, console: Console, hp=None) -> None:
             table.add_row(label, str(d.min), f"{d.median:g}", f"{d.p95:.0f}", str(d.max), str(d.total))
         console.print(table)
     if hp:
-        beta = f", beta {hp.beta:g}" if hp.beta is not None else ""
         console.print(f"Hyperparameters: epochs {hp.n_epochs}, batch size {hp.batch_size}, learning rate "
-                      f"multiplier {hp.learning_rate_multiplier:g} (learning rate {hp.learning_rate:.2e}){beta}")
+                      f"multiplier {hp.learning_rate_multiplier:g} (learning rate {hp.learning_rate:.2e}){hp.dpo_text}")
         console.print(f"Estimated training tokens: {report.tokens.total * hp.n_epochs:,} "
                       f"({report.tokens.total:,} × {hp.n_epochs} epochs)")
     verdict = "[green]OK[/]" if report.ok else f"[red]{len(report.errors)} error(s)[/]"

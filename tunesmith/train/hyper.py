@@ -37,6 +37,11 @@ class Hyperparameters:
     def as_dict(self) -> dict:
         return {k: v for k, v in asdict(self).items() if v is not None}
 
+    @property
+    def dpo_text(self) -> str:
+        """", beta 0.1, rpo_alpha 1" for DPO, to end a line that lists the hyperparameters; else ""."""
+        return f", beta {self.beta:g}, rpo_alpha {self.rpo_alpha:g}" if self.beta is not None else ""
+
 
 def auto_epochs(n_examples: int) -> int:
     if n_examples * 3 < 100:

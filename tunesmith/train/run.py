@@ -161,9 +161,8 @@ def run_job(spec: TrainSpec, reporter: JobReporter, settings: Settings | None = 
                           settings.precision)
         objective = losses.DPO(hp.beta, hp.rpo_alpha)
 
-    beta = f", beta {hp.beta:g}, rpo_alpha {hp.rpo_alpha:g}" if hp.beta is not None else ""
     reporter.on_message(f"Job {job_id}: {len(train_set)} examples, {hp.n_epochs} epochs, "
-                        f"batch size {hp.batch_size}, learning rate {hp.learning_rate:.2e}{beta}, seed {seed}")
+                        f"batch size {hp.batch_size}, learning rate {hp.learning_rate:.2e}{hp.dpo_text}, seed {seed}")
     cfg = loop.LoopConfig(hp.n_epochs, hp.batch_size, hp.learning_rate, seed, objective=objective,
                           eval_steps=spec.eval_steps, patience=spec.patience if spec.early_stopping else None,
                           precision=settings.precision)
