@@ -172,7 +172,9 @@ def test_dpo_job_continues_a_tuned_model(alpha, done_job, tmp_path):
     assert [m["step"] for m in metrics] == [1, 2]
     assert {"train_loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies"} <= set(
         metrics[0])
-    assert metrics[0]["train_loss"] == pytest.approx(0.6931, abs=0.01)
+    # DPO's log 2, plus the RPO term: the chosen answers' NLL times rpo_alpha ("auto" = 1).
+    assert tuned.hyperparameters.model_extra["rpo_alpha"] == 1.0
+    assert metrics[0]["train_loss"] - metrics[0]["nll_loss"] == pytest.approx(0.6931, abs=0.01)
     ckpt = alpha.fine_tuning.jobs.checkpoints.list(tuned.id).data[0]
     assert "full_valid_rewards/accuracies" in ckpt.metrics.model_dump()
     (result,) = tuned.result_files
