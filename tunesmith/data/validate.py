@@ -166,6 +166,10 @@ def _warn_duplicates(report: Report) -> None:
 def _warn_missing_system(report: Report) -> None:
     lines = [ex.line for ex in report.examples if not ex.has_system]
     if lines:
-        shown = ", ".join(map(str, lines[:10])) + (", …" if len(lines) > 10 else "")
         report.warnings.append(Problem(None, None, f"{len(lines)} of {len(report.examples)} examples have "
-                                       f"no system message (lines {shown}); the model's default applies"))
+                                       f"no system message (lines {line_list(lines)}); the model's default applies"))
+
+
+def line_list(lines: list[int], limit: int = 10) -> str:
+    """"3, 7, 12" — the first ``limit`` line numbers, then "…" if there are more."""
+    return ", ".join(map(str, lines[:limit])) + (", …" if len(lines) > limit else "")

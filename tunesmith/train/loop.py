@@ -112,14 +112,17 @@ def train(model, train_set: list[Tokenized] | list[Pair], cfg: LoopConfig, check
         evaluating += time.perf_counter() - began
         return result
 
+    def guarded_best() -> Checkpoint | None:
+        return best_checkpoint(checkpoints) if cfg.patience is not None else None
+
     def guard_says_stop(epochs_done: int) -> bool:
-        best = best_checkpoint(checkpoints) if cfg.patience is not None else None
+        best = guarded_best()
         return best is not None and epochs_done - best.epoch >= cfg.patience and epochs_done < cfg.n_epochs
 
     # A run killed right after the checkpoint that made the guard stop must not train another epoch.
     if step and step % steps_per_epoch == 0 and guard_says_stop(step // steps_per_epoch):
-        return LoopResult(True, step, trained_tokens, checkpoints[-1].metrics, checkpoints,
-                          best_checkpoint(checkpoints), early_stopped=True)
+        return LoopResult(True, step, trained_tokens, checkpoints[-1].metrics, checkpoints, guarded_best(),
+                          early_stopped=True)
     for epoch in range(step // steps_per_epoch, cfg.n_epochs):
         order = epoch_order(len(train_set), cfg.batch_size, cfg.seed, epoch)
         for indices in order[step - epoch * steps_per_epoch :]:
@@ -153,12 +156,10 @@ def train(model, train_set: list[Tokenized] | list[Pair], cfg: LoopConfig, check
         _save(model, optimizer, schedule, checkpoint_dir, step, epoch + 1, metrics, trained_tokens,
               checkpoints, reporter, keep=True)
         if guard_says_stop(epoch + 1):
-            return LoopResult(True, step, trained_tokens, metrics, checkpoints, best_checkpoint(checkpoints),
-                              early_stopped=True)
+            return LoopResult(True, step, trained_tokens, metrics, checkpoints, guarded_best(), early_stopped=True)
         if stop_requested() and step < total_steps:
             return LoopResult(False, step, trained_tokens, metrics, checkpoints)
-    best = best_checkpoint(checkpoints) if cfg.patience is not None else None
-    return LoopResult(True, step, trained_tokens, metrics, checkpoints, best)
+    return LoopResult(True, step, trained_tokens, metrics, checkpoints, guarded_best())
 
 
 def best_checkpoint(checkpoints: list[Checkpoint]) -> Checkpoint | None:

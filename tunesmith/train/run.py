@@ -18,7 +18,7 @@ import torch
 
 from tunesmith.config import PrecisionSetting, Settings, enforce_offline, get_settings
 from tunesmith.data.tokenize import Pair
-from tunesmith.data.validate import DEFAULT_MAX_LENGTH, Report, validate_file
+from tunesmith.data.validate import DEFAULT_MAX_LENGTH, Report, line_list, validate_file
 from tunesmith.errors import TunesmithError
 from tunesmith.models import finetuned
 from tunesmith.models.loading import BaseInfo, ensure_cached, load_model, load_renderer
@@ -213,8 +213,7 @@ def _warn_leakage(train: list, valid: list, reporter: JobReporter) -> None:
     seen = {ex.content_key for ex in train}
     lines = [ex.line for ex in valid if ex.content_key in seen]
     if lines:
-        shown = ", ".join(map(str, lines[:10])) + (", …" if len(lines) > 10 else "")
-        reporter.on_message(f"Warning: {len(lines)} of {len(valid)} validation examples (lines {shown}) also "
+        reporter.on_message(f"Warning: {len(lines)} of {len(valid)} validation examples (lines {line_list(lines)}) also "
                             "appear in the training data: the validation loss will look better than it is")
 
 
