@@ -8,8 +8,9 @@ It knows nothing of files, databases or terminals: progress goes to a ``Reporter
 asked through ``stop_requested`` (checked between optimizer steps, so a stop never leaves a
 half-applied update). With a validation set, the overfitting guard evaluates every epoch (and every
 ``eval_steps`` steps when set), stops once ``patience`` epochs in a row did not lower the validation
-loss, and names the checkpoint with the lowest one as the result. A checkpoint holds everything needed to continue bit-for-bit: trained
-weights, optimizer, schedule, step and RNG state; the data order is a function of (seed, epoch).
+loss, and names the checkpoint with the lowest one as the result. A checkpoint holds everything
+needed to continue bit-for-bit: trained weights, optimizer, schedule, step and RNG state; the
+data order is a function of (seed, epoch).
 """
 
 from __future__ import annotations
