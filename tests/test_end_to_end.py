@@ -23,7 +23,7 @@ from score import score_models  # noqa: E402
 @pytest.fixture(scope="module")
 def json_data(tmp_path_factory):
     out = tmp_path_factory.mktemp("json")
-    subprocess.run([sys.executable, str(EXAMPLES / "generate.py"), "--out", str(out), "--train", "60",
+    subprocess.run([sys.executable, str(EXAMPLES / "generate.py"), "--out", str(out), "--train", "40",
                     "--heldout", "20"], check=True)
     return out
 
@@ -32,7 +32,7 @@ def json_data(tmp_path_factory):
 def tuned(json_data, smol_info):
     result = CliRunner().invoke(app, ["train", str(json_data / "train.jsonl"), "--validation",
                                       str(json_data / "heldout.jsonl"), "--suffix", "e2e", "--seed", "3",
-                                      "--json"])
+                                      "--epochs", "2", "--json"])
     assert result.exit_code == 0, result.output
     return json.loads(result.stdout[result.stdout.index("{"):])
 
@@ -40,11 +40,11 @@ def tuned(json_data, smol_info):
 def test_train_reports_model_tokens_metrics_and_checkpoints(tuned):
     assert tuned["status"] == "succeeded"
     assert tuned["fine_tuned_model"].startswith("ft:smollm2-135m-instruct:local:e2e:")
-    assert tuned["hyperparameters"]["n_epochs"] == 3  # auto: 60 examples
-    assert tuned["hyperparameters"]["batch_size"] == 2  # auto: 60 examples → 30 steps an epoch
-    assert len(tuned["checkpoints"]) == 3 and tuned["checkpoints"][0].endswith(":ckpt-step-30")
-    assert tuned["trained_tokens"] > 60 * 3 * 80
-    # A few steps on 60 examples already pull the held-out loss far below the base model's.
+    assert tuned["hyperparameters"]["n_epochs"] == 2
+    assert tuned["hyperparameters"]["batch_size"] == 1  # auto: 40 examples → 40 steps an epoch
+    assert len(tuned["checkpoints"]) == 2 and tuned["checkpoints"][0].endswith(":ckpt-step-40")
+    assert tuned["trained_tokens"] > 40 * 2 * 80
+    # Two epochs of 40 examples already pull the held-out loss far below the base model's.
     assert tuned["metrics"]["valid_loss"] < 0.5
     assert tuned["metrics"]["valid_mean_token_accuracy"] > 0.8
 
@@ -70,7 +70,7 @@ def test_models_lists_the_tuned_model(tuned):
     result = CliRunner().invoke(app, ["models"])
     assert result.exit_code == 0
     assert any(tuned["fine_tuned_model"] in line for line in result.output.splitlines())  # one line, unwrapped
-    assert "ckpt-step-30" in result.output
+    assert "ckpt-step-40" in result.output
 
 
 def test_unknown_model_lists_known_ones(json_data):
