@@ -51,9 +51,12 @@ def main() -> None:
     torch.set_num_threads(settings.threads)
     info = ensure_cached(settings.default_model)
     renderer = load_renderer(info)
-    train_set = [renderer.encode(parse_example(row, 1)[0], 4096)
-                 for row in make_dataset(args.examples, 30, 600, seed=0,
-                                         count_tokens=lambda row: renderer.encode(parse_example(row, 1)[0], 4096).n_tokens)]
+
+    def encode(row: dict):
+        return renderer.encode(parse_example(row, 1)[0], 4096)
+
+    train_set = [encode(row) for row in make_dataset(args.examples, 30, 600, seed=0,
+                                                     count_tokens=lambda row: encode(row).n_tokens)]
     tokens = sum(t.n_tokens for t in train_set)
     hp = hyper.resolve(max(len(train_set), 10), args.method, n_epochs=1)
     model = build_model(info, None, TrainSpec(Path("unused"), method=args.method, n_epochs=1, seed=0))
