@@ -81,3 +81,17 @@ def test_warnings_statistics_and_hyperparameters(tmp_path, smol_info):
     assert report["hyperparameters"]["n_epochs"] == 8  # OpenAI's rule: 100 // 12
     assert report["estimated_training_tokens"] == report["tokens"]["total"] * 8
     assert report["trained_tokens"]["min"] == 2  # "ok" + <|im_end|>
+
+
+def test_error_summary_for_one_line_messages_names_the_first_five(tmp_path, renderer):
+    from tunesmith.data.validate import validate_file
+    from tunesmith.errors import DataError
+
+    path = write_jsonl(tmp_path / "data.jsonl", GOOD + ["[1]"] * 7)
+    report = validate_file(path, renderer, 512, 10)
+    with pytest.raises(DataError) as error:
+        report.raise_for_errors()
+    message = str(error.value)
+    assert message.startswith(f"{path}: line 11: expected a JSON object")
+    assert "line 15:" in message and "line 16:" not in message
+    assert message.endswith("(and 2 more)")

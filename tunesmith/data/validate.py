@@ -49,11 +49,14 @@ class Report:
     def ok(self) -> bool:
         return not self.errors
 
+    def error_summary(self, limit: int = 5) -> str:
+        """The first `limit` errors on one line, for messages that cannot hold a whole report."""
+        shown = "; ".join(str(p) for p in self.errors[:limit])
+        return shown + (f" (and {len(self.errors) - limit} more)" if len(self.errors) > limit else "")
+
     def raise_for_errors(self) -> None:
         if self.errors:
-            shown = "; ".join(str(p) for p in self.errors[:5])
-            more = f" (and {len(self.errors) - 5} more)" if len(self.errors) > 5 else ""
-            raise DataError(f"{self.path}: {shown}{more}", report=self)
+            raise DataError(f"{self.path}: {self.error_summary()}", report=self)
 
     def as_dict(self) -> dict:
         return {

@@ -154,9 +154,7 @@ class Worker:
             report = validate_file(Path(file.path), self._renderers[base], DEFAULT_MAX_LENGTH, minimum,
                                    preference=job.method == "dpo")
             if report.errors:
-                shown = "; ".join(str(p) for p in report.errors[:5])
-                more = f" (and {len(report.errors) - 5} more)" if len(report.errors) > 5 else ""
-                raise _FileError(param, f"{param} {file_id} ({file.filename}): {shown}{more}")
+                raise _FileError(param, f"{param} {file_id} ({file.filename}): {report.error_summary()}")
             reports[param] = report
             notes.append(f"Validated {param} {file_id}: {len(report.tokenized)} examples, "
                          f"{report.tokens.total:,} tokens ({report.format})")
