@@ -3,6 +3,7 @@ same gradient as one example per row, chunked logits that match the model's own,
 
 import pytest
 import torch
+from peft import LoraConfig, get_peft_model
 from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
 from test_loop import lora
@@ -92,6 +93,12 @@ def test_a_packed_step_gives_the_gradient_of_one_example_per_row(tiny_model_fact
         torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=1e-7, msg=name)
 
 
+def in_vocab(examples: list[Tokenized], token) -> list[Tokenized]:
+    """The examples with every token id mapped by ``token``, into a tiny model's vocabulary."""
+    return [Tokenized([token(i) for i in t.input_ids], [IGNORE if x == IGNORE else token(x) for x in t.labels])
+            for t in examples]
+
+
 def tiny_gemma(seed: int = 0) -> Gemma3ForCausalLM:
     """Sliding-window layers and logit soft-capping: the head path must apply what the model's forward does."""
     torch.manual_seed(seed)
@@ -105,9 +112,7 @@ def tiny_gemma(seed: int = 0) -> Gemma3ForCausalLM:
 def test_chunked_logits_give_the_unchunked_values_and_gradient(make, tiny_model_factory, examples, monkeypatch):
     model = tiny_model_factory() if make == "llama" else tiny_gemma()
     vocab = model.config.vocab_size
-    items = examples if make == "llama" else [Tokenized([i % vocab for i in t.input_ids],
-                                                        [IGNORE if x == IGNORE else x % vocab for x in t.labels])
-                                              for t in examples]
+    items = examples if make == "llama" else in_vocab(examples, lambda i: i % vocab)
     batch = collate([items[:2], items[2:]], pad_id=0)
 
     def run():
@@ -130,3 +135,35 @@ def test_chunked_logits_give_the_unchunked_values_and_gradient(make, tiny_model_
     trained = batch.targets != IGNORE
     expected = reference[trained].gather(1, batch.targets[trained, None]).squeeze(1)
     torch.testing.assert_close(whole[0], expected, rtol=1e-5, atol=1e-5)
+
+
+def test_added_token_rows_on_a_tied_head_score_and_train_as_in_peft(examples, renderer):
+    """Gemma with our ChatML tokens: LoRA trains the two new rows, which the tied head shares. The
+    head's own path (no copy of the whole weight) must give PEFT's logits and the same gradient."""
+    added = [298, 299]
+    model = get_peft_model(tiny_gemma(), LoraConfig(r=4, lora_alpha=8, target_modules="all-linear",
+                                                    task_type="CAUSAL_LM",
+                                                    trainable_token_indices={"embed_tokens": added}))
+    with torch.no_grad():  # moved off their start, as after some training, so a wrong row would show
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p) * 0.1)
+    # SmolLM2's <|im_start|>, <|im_end|> become the added ids: end-of-turn targets score on their columns.
+    special = {renderer.tokenizer.convert_tokens_to_ids(t): i for t, i in zip(["<|im_start|>", "<|im_end|>"], added)}
+    batch = collate([in_vocab(examples, lambda i: special.get(i, i % 298))], pad_id=0)
+    trained = batch.targets != IGNORE
+    assert set(added) <= set(batch.targets[trained].tolist())
+
+    def run(score):
+        model.zero_grad()
+        logps = score()
+        (-logps.sum()).backward()
+        return logps.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    ours = run(lambda: token_logps(model, batch)[0])
+    peft = run(lambda: model(input_ids=batch.input_ids, position_ids=batch.position_ids, use_cache=False)
+               .logits.float().log_softmax(-1)[trained].gather(1, batch.targets[trained, None]).squeeze(1))
+    torch.testing.assert_close(ours[0], peft[0], rtol=1e-5, atol=1e-5)
+    assert any("trainable_tokens_delta" in n for n in ours[1])
+    for name, grad in peft[1].items():
+        assert float((ours[1][name] - grad).norm()) <= 1e-5 * float(grad.norm()), name
