@@ -95,6 +95,9 @@ def read_examples(path: Path, min_examples: int = MIN_EXAMPLES) -> Report:
         except json.JSONDecodeError as exc:
             report.errors.append(Problem(number, None, f"invalid JSON: {exc.msg} (column {exc.colno})"))
             continue
+        except (ValueError, RecursionError) as exc:  # an integer of thousands of digits, arrays nested too deep
+            report.errors.append(Problem(number, None, f"unreadable JSON: {type(exc).__name__}: {exc}"))
+            continue
         example, problems = parse_example(obj, number)
         report.errors += problems
         if example is not None:
@@ -133,6 +136,10 @@ def validate_file(path: Path, renderer: Renderer | None, max_length: int = DEFAU
             tokenized = renderer.encode(example, max_length)
         except TemplateError as exc:
             report.errors.append(Problem(example.line, "messages", str(exc)))
+            continue
+        except Exception as exc:  # the chat template met a shape it does not handle (a tool call without arguments, …)
+            report.errors.append(Problem(example.line, "messages", f"cannot be rendered with the model's chat "
+                                         f"template: {type(exc).__name__}: {exc}"))
             continue
         if tokenized.truncated:
             report.warnings.append(Problem(example.line, None, f"longer than max length {max_length} "
