@@ -9,6 +9,7 @@ from peft import LoraConfig, get_peft_model
 
 from tunesmith.data.formats import parse_example
 from tunesmith.train import loop
+from tunesmith.train.losses import SFT
 
 
 class Recorder:
@@ -144,3 +145,50 @@ def test_eval_steps_adds_validation_metrics_to_those_steps(tiny_model_factory, d
     # Steps 2 and 4; step 6 ends an epoch, whose evaluation goes to the checkpoint instead.
     assert [m["step"] for m in rec.steps if "valid_loss" in m] == [2, 4]
     assert all("valid_loss" in c.metrics for c in rec.checkpoints)
+
+
+class NaNAtStep(SFT):
+    """SFT whose loss turns NaN from the given step on (counted in micro-batch calls of batch 4)."""
+
+    def __init__(self, step: int):
+        self.calls, self.step = 0, step
+
+    def __call__(self, model, rows, pad_id):
+        loss, stats = super().__call__(model, rows, pad_id)
+        self.calls += 1
+        if self.calls >= self.step:
+            loss = loss * float("nan")
+            stats = {**stats, "train_loss": float("nan")}
+        return loss, stats
+
+
+def test_a_nan_loss_stops_training_before_the_update_naming_the_last_good_checkpoint(tiny_model_factory, dataset,
+                                                                                     tmp_path):
+    model = lora(tiny_model_factory())
+    cfg = loop.LoopConfig(n_epochs=3, batch_size=4, learning_rate=5e-3, seed=7, objective=NaNAtStep(5))
+    before = None
+
+    class Snapshot(Recorder):  # the weights after each good step
+        def on_step(self, m):
+            nonlocal before
+            super().on_step(m)
+            before = weights(model)
+
+    rec = Snapshot()
+    with pytest.raises(loop.NonFiniteLoss) as stopped:
+        loop.train(model, dataset, cfg, tmp_path, rec, pad_id=2)
+    message = str(stopped.value)
+    assert message.startswith("training stopped at step 5: the loss is nan")
+    assert f"the last good checkpoint is step 3 (epoch 1): {tmp_path / 'step-000003'}" in message
+    assert [m["step"] for m in rec.steps] == [1, 2, 3, 4]
+    after = weights(model)
+    assert all(torch.equal(before[k], after[k]) for k in after)  # the bad step changed nothing
+
+
+def test_a_corrupt_checkpoint_is_named_when_resuming(tiny_model_factory, dataset, tmp_path):
+    model = lora(tiny_model_factory())
+    result, _ = run(model, dataset, tmp_path, epochs=2, stop_at=4)
+    newest = loop.resumable_checkpoint(tmp_path)
+    (newest / loop.STATE_FILE).write_bytes(b"not a torch file")
+    with pytest.raises(loop.CorruptCheckpoint, match=f"checkpoint {newest} cannot be read"):
+        run(lora(tiny_model_factory()), dataset, tmp_path, epochs=2, resume_from=newest)

@@ -15,6 +15,7 @@ data order is a function of (seed, epoch).
 
 from __future__ import annotations
 
+import math
 import shutil
 import time
 from collections import Counter
@@ -25,9 +26,11 @@ from typing import Protocol
 
 import torch
 
+from tunesmith.atomic import fsync_dir, fsync_tree
 from tunesmith.config import PrecisionSetting
 from tunesmith.data.batching import DEFAULT_MICRO_BATCH_TOKENS, epoch_order, micro_batches, take
 from tunesmith.data.tokenize import Pair, Tokenized
+from tunesmith.errors import TunesmithError
 from tunesmith.train.hyper import DEFAULT_PATIENCE, lr_lambda
 from tunesmith.train.losses import SFT, Objective
 from tunesmith.train.precision import device_of, resolve
@@ -69,6 +72,24 @@ class LoopResult:
     early_stopped: bool = False  # ended by the guard before the last epoch
 
 
+class NonFiniteLoss(TunesmithError):
+    """Training diverged: the step's loss or gradient is NaN or infinite; no update was applied."""
+
+    def __init__(self, step: int, loss: float, grad_norm: float, last_good: Checkpoint | None):
+        where = (f"the last good checkpoint is step {last_good.step} (epoch {last_good.epoch}): {last_good.path}"
+                 if last_good else "there is no checkpoint yet")
+        super().__init__(f"training stopped at step {step}: the loss is {loss:g} and the gradient norm "
+                         f"{grad_norm:g}, not finite numbers; {where}. A lower learning rate (multiplier) "
+                         "usually avoids this")
+        self.step, self.last_good = step, last_good
+
+
+class CorruptCheckpoint(TunesmithError):
+    def __init__(self, path: Path, exc: Exception):
+        super().__init__(f"checkpoint {path} cannot be read ({type(exc).__name__}: {exc}); the job cannot resume "
+                         "from it (deleting that directory makes the job start over)")
+
+
 class Reporter(Protocol):
     def on_start(self, total_steps: int, start_step: int) -> None: ...
     def on_step(self, metrics: dict[str, float]) -> None: ...
@@ -92,7 +113,10 @@ def train(model, train_set: list[Tokenized] | list[Pair], cfg: LoopConfig, check
     step, trained_tokens, checkpoints = 0, 0, []
     torch.manual_seed(cfg.seed)
     if resume_from is not None:
-        state = torch.load(resume_from / STATE_FILE, weights_only=False)
+        try:
+            state = torch.load(resume_from / STATE_FILE, weights_only=False)
+        except Exception as exc:
+            raise CorruptCheckpoint(resume_from, exc) from exc
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])
         torch.set_rng_state(state["rng"])
@@ -135,7 +159,11 @@ def train(model, train_set: list[Tokenized] | list[Pair], cfg: LoopConfig, check
                 (loss / weight).backward()
                 sums.update(stats)
             tokens_seen += sum(lengths[i] for i in indices)
-            torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+            # Checked before the update: one NaN or inf step would poison every weight it touches.
+            if not (math.isfinite(sums.get("train_loss", 0.0)) and torch.isfinite(grad_norm)):
+                raise NonFiniteLoss(step + 1, sums.get("train_loss", 0.0) / weight, grad_norm.item(),
+                                    checkpoints[-1] if checkpoints else None)
             optimizer.step()
             schedule.step()
             optimizer.zero_grad(set_to_none=True)
@@ -186,8 +214,10 @@ def _save(model, optimizer, schedule, checkpoint_dir: Path, step: int, epoch: in
                 "rng": torch.get_rng_state(), "step": step, "trained_tokens": trained_tokens,
                 "checkpoints": [{"step": c.step, "epoch": c.epoch, "path": str(c.path), "metrics": c.metrics}
                                 for c in listed]}, tmp / STATE_FILE)
+    fsync_tree(tmp)  # a checkpoint that a later run resumes from must be whole on disk, not only in cache
     shutil.rmtree(path, ignore_errors=True)
     tmp.rename(path)
+    fsync_dir(checkpoint_dir)
     for older in checkpoint_dir.glob(f"step-*/{STATE_FILE}"):
         if older.parent != path:
             older.unlink()

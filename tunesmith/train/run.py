@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import random
@@ -10,12 +11,14 @@ import shutil
 import signal
 import sys
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 
+from tunesmith.atomic import write_atomic
 from tunesmith.config import PrecisionSetting, Settings, enforce_offline, get_settings
 from tunesmith.data.tokenize import Pair
 from tunesmith.data.validate import DEFAULT_MAX_LENGTH, Report, line_list, validate_file
@@ -27,6 +30,7 @@ from tunesmith.train.precision import training_device
 
 METHODS = ("lora", "full", "dpo")  # dpo: preference pairs, trained as a LoRA adapter
 REFERENCE_FILE = "reference_logps.pt"
+RUN_FILE = "run.json"  # the settings a job started with; a resumed run must have the same
 MIN_AUTO_SPLIT_EXAMPLES = 100  # below this, a held-out part is too small to say anything
 MAX_AUTO_SPLIT = 0.5
 
@@ -129,7 +133,11 @@ def run_job(spec: TrainSpec, reporter: JobReporter, settings: Settings | None = 
     info = ensure_cached(start.base, settings, status=reporter.on_message)
     renderer = load_renderer(info)
     train_report = _validated(spec.training_file, spec, renderer, reporter, hyper.MIN_EXAMPLES)
-    seed = spec.seed if spec.seed is not None else random.randrange(2**31)
+    job_id = job_id or f"ftjob-{finetuned.new_id(24)}"
+    job_dir = settings.jobs_dir / job_id
+    resume_from = loop.resumable_checkpoint(job_dir / "checkpoints")
+    first_run = _read_run(job_dir) if resume_from is not None else None
+    seed = next(s for s in (spec.seed, (first_run or {}).get("seed"), random.randrange(2**31)) if s is not None)
     train_examples, train_set = train_report.examples, train_report.tokenized
     valid_examples, valid_set = [], []
     if spec.validation_file:
@@ -142,18 +150,23 @@ def run_job(spec: TrainSpec, reporter: JobReporter, settings: Settings | None = 
     _warn_leakage(train_examples, valid_examples, reporter)
     hp = hyper.resolve(len(train_set), spec.method, spec.n_epochs, spec.batch_size,
                        spec.learning_rate_multiplier, spec.beta, spec.rpo_alpha)
-
-    job_id = job_id or f"ftjob-{finetuned.new_id(24)}"
-    job_dir = settings.jobs_dir / job_id
-    resume_from = loop.resumable_checkpoint(job_dir / "checkpoints")
+    run = _run_settings(spec, hp, seed)
     if resume_from is not None:
+        _check_same_run(job_id, first_run, run)
         reporter.on_message(f"Resuming from checkpoint {resume_from.name}")
+    else:
+        write_atomic(job_dir / RUN_FILE, json.dumps(run, indent=1).encode())
 
     # Intra-op threads do all the work of eager training. The inter-op pool only runs forked tasks
     # (torch.jit.fork), which training has none of, so its size is left alone.
     torch.set_num_threads(settings.threads)
     torch.manual_seed(seed)
-    model = build_model(info, resume_from or start.weights, spec).to(training_device())
+    try:
+        model = build_model(info, resume_from or start.weights, spec).to(training_device())
+    except Exception as exc:
+        if resume_from is None:
+            raise
+        raise loop.CorruptCheckpoint(resume_from, exc) from exc
     pad_id = renderer.tokenizer.pad_token_id
     objective: losses.Objective = losses.SFT()
     if spec.method == "dpo":
@@ -195,6 +208,35 @@ def run_job(spec: TrainSpec, reporter: JobReporter, settings: Settings | None = 
     outcome.checkpoints = [f"{name}:ckpt-step-{c.step}" for c in result.checkpoints]
     outcome.seconds = time.perf_counter() - started
     return outcome
+
+
+def _run_settings(spec: TrainSpec, hp: hyper.Hyperparameters, seed: int) -> dict:
+    """What a run's result depends on: a resumed run must have the same, or it would train another model
+    on top of the first one's checkpoint."""
+    def digest(path: Path | None) -> str | None:
+        return hashlib.sha256(path.read_bytes()).hexdigest() if path else None
+
+    return {"model": spec.model, "method": spec.method, "training_file sha256": digest(spec.training_file),
+            "validation_file sha256": digest(spec.validation_file), "auto_split": spec.auto_split, "seed": seed,
+            **hp.as_dict(), "max_length": spec.max_length, "lora_r": spec.lora_r, "lora_alpha": spec.lora_alpha,
+            "lora_dropout": spec.lora_dropout, "suffix": spec.suffix, "early_stopping": spec.early_stopping,
+            "patience": spec.patience, "eval_steps": spec.eval_steps}
+
+
+def _read_run(job_dir: Path) -> dict:
+    try:
+        return json.loads((job_dir / RUN_FILE).read_text())
+    except (OSError, ValueError) as exc:
+        raise TunesmithError(f"{job_dir / RUN_FILE} cannot be read ({exc}): the settings this job started with "
+                             "are unknown, so it cannot be resumed") from None
+
+
+def _check_same_run(job_id: str, first: dict, now: dict) -> None:
+    differ = [f"{k} {first.get(k)!r} → {now.get(k)!r}" for k in sorted(first.keys() | now.keys())
+              if first.get(k) != now.get(k)]
+    if differ:
+        raise TunesmithError(f"job {job_id} cannot be resumed with other settings than it started with: "
+                             f"{'; '.join(differ)}. Start a new job instead")
 
 
 def _split(report: Report, fraction: float, seed: int):
@@ -243,10 +285,9 @@ def _attach_reference(model, pairs: list[Pair], path: Path, pad_id: int, reporte
         return
     reporter.on_message(f"Computing the reference log-probabilities of {len(pairs)} preference pairs")
     losses.attach_reference(model, pairs, pad_id, precision=precision)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(torch.tensor([p.reference for p in pairs], dtype=torch.float64), tmp)
-    os.replace(tmp, path)
+    buffer = io.BytesIO()
+    torch.save(torch.tensor([p.reference for p in pairs], dtype=torch.float64), buffer)
+    write_atomic(path, buffer.getvalue())
 
 
 def build_model(info: BaseInfo, previous: Path | None, spec: TrainSpec):
@@ -334,23 +375,27 @@ def main(argv: list[str] | None = None) -> int:
     if os.getppid() != parent:  # the parent died before the death signal was armed
         return 1
     stop = {"requested": False}
-    signal.signal(signal.SIGTERM, lambda *_: stop.update(requested=True))
+    # SIGTERM is the worker's way to stop a job; Ctrl-C on a terminal running `tunesmith serve`
+    # reaches its job processes too, and must checkpoint the same way rather than tear a step.
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.update(requested=True))
     quiet_libraries()
-    order = json.loads((job_dir / SPEC_FILE).read_text())
-    spec = TrainSpec(**order["spec"])
-    spec.training_file = Path(spec.training_file)
-    spec.validation_file = Path(spec.validation_file) if spec.validation_file else None
-    log = EventLog(job_dir / EVENTS_FILE)
     (job_dir / RESULT_FILE).unlink(missing_ok=True)  # a result is only ever this run's
     try:
-        result = run_job(spec, EventReporter(log), stop_requested=lambda: stop["requested"],
-                         job_id=job_dir.name, model_id=order["model_id"])
+        order = json.loads((job_dir / SPEC_FILE).read_text())
+        spec = TrainSpec(**order["spec"])
+        spec.training_file = Path(spec.training_file)
+        spec.validation_file = Path(spec.validation_file) if spec.validation_file else None
+        result = run_job(spec, EventReporter(EventLog(job_dir / EVENTS_FILE)),
+                         stop_requested=lambda: stop["requested"], job_id=job_dir.name, model_id=order["model_id"])
         outcome = result.as_dict()
     except TunesmithError as exc:
         outcome = {"status": "failed", "error": str(exc)}
-    tmp = job_dir / (RESULT_FILE + ".tmp")
-    tmp.write_text(json.dumps(outcome))
-    os.replace(tmp, job_dir / RESULT_FILE)
+    except Exception as exc:  # a bug: its traceback goes to the job's log, the job fails with its gist
+        traceback.print_exc()
+        outcome = {"status": "failed", "error": f"internal error: {type(exc).__name__}: {exc} "
+                                                f"(traceback in {job_dir / 'process.log'})"}
+    write_atomic(job_dir / RESULT_FILE, json.dumps(outcome).encode())
     return {"succeeded": 0, "stopped": EXIT_STOPPED}.get(outcome["status"], 1)
 
 
