@@ -361,12 +361,15 @@ def serve(
     import uvicorn
 
     from tunesmith.api.app import create_app
+    from tunesmith.jobs.homelock import lock_home
     from tunesmith.jobs.store import Store
 
+    lock = lock_home(get_settings().home)  # held until this process ends
     if host not in LOOPBACK and not Store().has_keys():
         raise TunesmithError(f"refusing to serve on {host} without API keys: anyone who can reach it could use "
                              "it. Create a key with `tunesmith keys create --project NAME`, or bind 127.0.0.1.")
-    uvicorn.run(create_app(), host=host, port=port, log_level="info")
+    with lock:
+        uvicorn.run(create_app(), host=host, port=port, log_level="info")
 
 
 EvalModel = Annotated[str, typer.Argument(help="Base model name or ft: model / checkpoint id.")]

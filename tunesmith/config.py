@@ -31,7 +31,9 @@ class Settings(BaseSettings):
     precision: PrecisionSetting = "auto"
     database_url: str | None = None  # default: SQLite file under home
     max_upload_bytes: int = 512 * 1024 * 1024
-    max_running_jobs: int = 1
+    max_running_jobs: int = 1  # jobs training at once; queued ones are taken round-robin across projects
+    # On shutdown, running jobs get this long to finish their step and write a checkpoint.
+    shutdown_grace_seconds: float = 30.0
 
     @property
     def models_dir(self) -> Path:

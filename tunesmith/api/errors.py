@@ -8,6 +8,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from tunesmith.errors import TunesmithError, UnknownModelError
+from tunesmith.jobs.lifecycle import InvalidTransition
 
 
 class ApiError(Exception):
@@ -27,10 +28,6 @@ def model_not_found(name: str, param: str = "model") -> ApiError:
                     code="model_not_found")
 
 
-def wrong_state(message: str) -> ApiError:
-    return ApiError(409, message, code="invalid_state")
-
-
 def _envelope(status: int, message: str, type: str, param=None, code=None) -> JSONResponse:
     return JSONResponse({"error": {"message": message, "type": type, "param": param, "code": code}}, status)
 
@@ -48,6 +45,10 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(UnknownModelError)
     async def _model(_: Request, exc: UnknownModelError):
         return _envelope(404, str(exc), "invalid_request_error", "model", "model_not_found")
+
+    @app.exception_handler(InvalidTransition)
+    async def _state(_: Request, exc: InvalidTransition):
+        return _envelope(400, str(exc), "invalid_request_error", None, "invalid_state")
 
     @app.exception_handler(TunesmithError)
     async def _user(_: Request, exc: TunesmithError):

@@ -1,7 +1,7 @@
 """``/v1/fine_tuning/jobs``: create, list, retrieve, cancel, pause, resume, events, checkpoints.
 
-The API only records what the caller asks for; the worker (``jobs/worker.py``) acts on it.
-State changes are conditional updates, so a request and the worker never overwrite each other.
+The API only records what the caller asks for; the worker (``jobs/worker.py``) acts on it. Every
+status change goes through ``jobs/lifecycle.py``, which refuses what its table does not allow.
 """
 
 from __future__ import annotations
@@ -14,12 +14,12 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
 from tunesmith.api.deps import current_project, get_store, resolve_model
-from tunesmith.api.errors import ApiError, not_found, wrong_state
+from tunesmith.api.errors import ApiError, not_found
 from tunesmith.api.files import owned_file
 from tunesmith.api.lists import page
 from tunesmith.jobs import store as st
 from tunesmith.jobs.store import Checkpoint, Event, Job, Project, Store
-from tunesmith.jobs.worker import add_event, set_status
+from tunesmith.jobs import lifecycle
 from tunesmith.models import finetuned
 from tunesmith.train.hyper import DEFAULT_PATIENCE
 
@@ -114,7 +114,7 @@ def create(body: CreateJob, project: Project = Depends(current_project), store: 
     with store.session() as s:
         s.add(job)
         s.flush()
-        add_event(s, job.id, f"Created fine-tuning job: {job.id}")
+        lifecycle.add_event(s, job.id, f"Created fine-tuning job: {job.id}")
     return job_object(job, project.name)
 
 
@@ -137,33 +137,27 @@ def retrieve(job_id: str, project: Project = Depends(current_project), store: St
         return job_object(_owned_job(s, project, job_id), project.name)
 
 
-def _transition(store: Store, project: Project, job_id: str, new: str, allowed: tuple[str, ...],
-                verb: str, message: str) -> dict:
+def _transition(store: Store, project: Project, job_id: str, to: str, message: str) -> dict:
+    """A client's move of its job; one the lifecycle refuses is a 400 ``invalid_state``."""
     with store.session() as s:
-        job = _owned_job(s, project, job_id)
-        if not set_status(s, job_id, new, allowed=allowed):
-            raise wrong_state(f"Job {job_id} is {job.status}; only a job that is {' or '.join(allowed)} can be "
-                              f"{verb}.")
-        add_event(s, job_id, message)
-        s.refresh(job)
+        job = lifecycle.transition(s, _owned_job(s, project, job_id), to, "api", message)
         return job_object(job, project.name)
 
 
 @router.post("/{job_id}/cancel")
 def cancel(job_id: str, project: Project = Depends(current_project), store: Store = Depends(get_store)) -> dict:
-    return _transition(store, project, job_id, st.CANCELLED, st.ACTIVE, "cancelled", "Fine-tuning job cancelled")
+    return _transition(store, project, job_id, st.CANCELLED, "Fine-tuning job cancelled")
 
 
 @router.post("/{job_id}/pause")
 def pause(job_id: str, project: Project = Depends(current_project), store: Store = Depends(get_store)) -> dict:
-    return _transition(store, project, job_id, st.PAUSED, (st.QUEUED, st.RUNNING), "paused",
-                       "Fine-tuning job paused")
+    return _transition(store, project, job_id, st.PAUSED, "Fine-tuning job paused")
 
 
 @router.post("/{job_id}/resume")
 def resume(job_id: str, project: Project = Depends(current_project), store: Store = Depends(get_store)) -> dict:
-    return _transition(store, project, job_id, st.QUEUED, (st.PAUSED,), "resumed",
-                       "Fine-tuning job resumed; it continues from its last checkpoint")
+    return _transition(store, project, job_id, st.QUEUED, "Fine-tuning job resumed; it continues from its "
+                                                          "newest checkpoint")
 
 
 def event_object(e: Event) -> dict:

@@ -77,6 +77,7 @@ class Job(Base):
     seed: Mapped[int] = mapped_column(Integer)
     meta: Mapped[dict | None] = mapped_column("metadata", JSON)
     status: Mapped[str] = mapped_column(String(20), default=VALIDATING, index=True)
+    status_actor: Mapped[str | None] = mapped_column(String(16))
     data_format: Mapped[str | None] = mapped_column(String(16))
     created_at: Mapped[int] = mapped_column(Integer, default=now)
     started_at: Mapped[int | None] = mapped_column(Integer)
@@ -153,6 +154,11 @@ class Store:
         with self._sessions.begin() as session:
             yield session
 
+    @contextmanager
+    def read(self) -> Iterator[Session]:  # PROVISIONAL: replaced by the migrations branch
+        with self._sessions.begin() as session:
+            yield session
+
     def project(self, session: Session, name: str) -> Project:
         """The project of that name, created on first use."""
         found = session.scalar(select(Project).where(Project.name == name))
@@ -178,6 +184,10 @@ class Store:
     def project_for_key(self, key: str) -> Project | None:
         with self.session() as s:
             return s.scalar(select(Project).join(ApiKey).where(ApiKey.key_hash == hash_key(key)))
+
+
+def claim_queued(session: Session, limit: int) -> list[Job]:  # PROVISIONAL: replaced by the migrations branch
+    return list(session.scalars(select(Job).where(Job.status == QUEUED).order_by(Job.created_at).limit(limit)))
 
 
 def _sqlite_pragmas(connection, _record) -> None:

@@ -1,11 +1,15 @@
-"""The job worker: validates new jobs, starts one process per job, follows it, recovers after a crash.
+"""The job worker: validates new jobs, starts their processes fairly, follows them, recovers at start.
 
-It runs as a thread of ``tunesmith serve`` and is the only writer of a job's progress to the store.
-Job processes never touch the database: each writes an event log and, when it ends, a result file
-into its job directory (``train/events.py``, ``train/run.py``); the worker ingests both. So a
+It runs as a thread of ``tunesmith serve``. Job processes never touch the database: each writes an
+event log and, when it ends, a result file into its job directory (``train/events.py``,
+``train/run.py``); the worker ingests both and applies the outcome through ``lifecycle``. So a
 ``kill -9`` of the whole service loses nothing that was written: on restart, jobs that were running
 are ingested to the last complete record and queued again, and their process resumes from the
 newest checkpoint that holds trainer state.
+
+No fault of one job stalls the others: everything the worker does for a job runs in its own
+transaction, and any exception there fails that job (with the error in its events) instead of
+escaping into the loop.
 """
 
 from __future__ import annotations
@@ -13,27 +17,30 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
-import signal
-import subprocess
 import sys
 import threading
-import time
+import traceback
+from collections.abc import Callable
 from pathlib import Path
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select
 
+from tunesmith.atomic import write_atomic
 from tunesmith.config import Settings
 from tunesmith.data.validate import DEFAULT_MAX_LENGTH, validate_file
 from tunesmith.errors import TunesmithError
+from tunesmith.jobs import lifecycle
 from tunesmith.jobs import store as st
+from tunesmith.jobs.launcher import LOG_FILE, LocalLauncher, exit_reason
+from tunesmith.jobs.lifecycle import add_event, attempt
 from tunesmith.jobs.store import Checkpoint, Event, File, Job, Model, Store
 from tunesmith.models import finetuned
 from tunesmith.models.loading import ensure_cached, load_renderer
 from tunesmith.train import hyper
 from tunesmith.train.events import EVENTS_FILE, read_new
+from tunesmith.train.loop import resumable_checkpoint
 from tunesmith.train.losses import DPO_METRICS
-from tunesmith.train.run import RESULT_FILE, SPEC_FILE
+from tunesmith.train.run import RESULT_FILE
 
 # An API job's method type → the training method of its job process (API jobs train LoRA adapters).
 TRAIN_METHOD = {"supervised": "lora", "dpo": "dpo"}
@@ -47,62 +54,38 @@ RESULT_COLUMNS = {
 }
 
 
-def add_event(session, job_id: str, message: str, level: str = "info", key: str | None = None,
-              type: str = "message", data: dict | None = None, created_at: int | None = None) -> None:
-    """Insert an event unless one with the same key exists (keys make re-ingestion harmless)."""
-    key = key or st.make_id("w-")
-    if session.scalar(select(Event.seq).where(Event.job_id == job_id, Event.key == key)) is None:
-        session.add(Event(id=st.make_id("ftevent-"), job_id=job_id, key=key, level=level, type=type,
-                          message=message, data=data, created_at=created_at or st.now()))
-
-
-def set_status(session, job_id: str, new: str, *, allowed: tuple[str, ...], **values) -> bool:
-    """Move a job to ``new`` only if it is still in one of the ``allowed`` states (atomic)."""
-    result = session.execute(update(Job).where(Job.id == job_id, Job.status.in_(allowed))
-                             .values(status=new, **values))
-    return result.rowcount == 1
-
-
 class Worker:
-    def __init__(self, store: Store, poll_seconds: float = 0.5):
+    def __init__(self, store: Store, poll_seconds: float = 0.5, launcher: LocalLauncher | None = None):
         self.store = store
         self.settings: Settings = store.settings
         self.poll_seconds = poll_seconds
-        self.procs: dict[str, subprocess.Popen] = {}
+        self.launcher = launcher or LocalLauncher(self.settings)
         self._signalled: set[str] = set()
         self._renderers: dict[str, object] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    # --- lifecycle ---------------------------------------------------------------------------
+    # --- the loop ----------------------------------------------------------------------------
     def start(self) -> None:
         self.recover()
         self._thread = threading.Thread(target=self._run, name="tunesmith-worker", daemon=True)
         self._thread.start()
 
-    def close(self, grace_seconds: float = 30.0) -> None:
-        """Stop following jobs. Running ones checkpoint and stop; they resume at the next start."""
+    def close(self) -> None:
+        """Stop following jobs: running ones checkpoint and stop, are marked paused by the system,
+        and go on by themselves at the next start."""
         self._stop.set()
         if self._thread:
             self._thread.join()
-        for proc in self.procs.values():
-            proc.send_signal(signal.SIGTERM)
-        deadline = time.time() + grace_seconds
-        for proc in self.procs.values():
-            try:
-                proc.wait(max(0.0, deadline - time.time()))
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        with self.store.session() as s:
-            for job_id in self.procs:
-                self._ingest(s, s.get(Job, job_id))
+        for job_id, code in self.launcher.stop_all(self.settings.shutdown_grace_seconds).items():
+            self._for_job(job_id, lambda s, job, code=code: self._after_exit(s, job, code, shutting_down=True))
 
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
                 self.tick()
-            except Exception as exc:  # a bug must not stop the worker for good; it is logged and retried
-                print(f"tunesmith worker: {type(exc).__name__}: {exc}", file=sys.stderr)
+            except Exception:  # a fault outside any one job (the database is gone, …): logged, retried
+                print(f"tunesmith worker:\n{traceback.format_exc()}", file=sys.stderr)
             self._stop.wait(self.poll_seconds)
 
     def tick(self) -> None:
@@ -111,46 +94,81 @@ class Worker:
         self._start_queued()
 
     def recover(self) -> None:
-        """After a restart: jobs marked running have no process any more; ingest and requeue them."""
-        with self.store.session() as s:
-            for job in s.scalars(select(Job).where(Job.status == st.RUNNING)).all():
-                self._ingest(s, job)
-                self._after_exit(s, job, returncode=None)
+        """At start: jobs still marked running lost their process with the last service (ingest and
+        requeue them); jobs the system paused at shutdown go on."""
+        with self.store.read() as s:
+            running = s.scalars(select(Job.id).where(Job.status == st.RUNNING)).all()
+            paused = s.scalars(select(Job.id).where(Job.status == st.PAUSED, Job.status_actor == "system")).all()
+        for job_id in running:
+            self._for_job(job_id, lambda s, job: self._after_exit(s, job, None))
+        for job_id in paused:
+            self._for_job(job_id, lambda s, job: attempt(
+                s, job, st.QUEUED, "system", "The service started again; the job resumes from its last checkpoint."))
+
+    def _for_job(self, job_id: str, work: Callable, fail_as: str = "internal error") -> None:
+        """Run ``work(session, job)`` in a transaction of its own; if it raises, fail that job instead."""
+        try:
+            with self.store.session() as s:
+                work(s, s.get(Job, job_id))
+        except Exception as exc:
+            if not isinstance(exc, TunesmithError):
+                print(f"tunesmith worker: job {job_id}:\n{traceback.format_exc()}", file=sys.stderr)
+            message = str(exc) if isinstance(exc, TunesmithError) else f"{fail_as}: {type(exc).__name__}: {exc}"
+            self._fail_after_fault(job_id, message, getattr(exc, "param", None))
+
+    def _fail_after_fault(self, job_id: str, message: str, param: str | None) -> None:
+        try:
+            with self.store.session() as s:
+                job = s.get(Job, job_id)
+                if job.status in (st.VALIDATING, st.QUEUED, st.RUNNING):
+                    code = f"invalid_{param}" if param else "job_failed"
+                    attempt(s, job, st.FAILED, "worker", f"Fine-tuning job failed: {message}", level="error",
+                            error={"code": code, "message": message, "param": param})
+        except Exception:
+            print(f"tunesmith worker: cannot fail job {job_id}:\n{traceback.format_exc()}", file=sys.stderr)
+        if job_id in self.launcher.procs:
+            self.launcher.stop(job_id)
 
     # --- validation --------------------------------------------------------------------------
     def _validate_new(self) -> None:
-        with self.store.session() as s:
+        with self.store.read() as s:
             jobs = s.scalars(select(Job).where(Job.status == st.VALIDATING).order_by(Job.created_at)).all()
-            files = {f.id: f for f in s.scalars(select(File).where(File.id.in_(
-                [j.training_file for j in jobs] + [j.validation_file for j in jobs if j.validation_file])))}
         for job in jobs:
-            notes: list[str] = []
             try:  # outside any transaction: the first use of a base model converts it (seconds)
-                values = self._validate(job, files, notes)
-            except TunesmithError as exc:
+                values, notes = self._validate(job)
+            except Exception as exc:
+                if not isinstance(exc, TunesmithError):
+                    print(f"tunesmith worker: job {job.id}:\n{traceback.format_exc()}", file=sys.stderr)
+                reason = str(exc) if isinstance(exc, TunesmithError) else \
+                    f"the files could not be validated: {type(exc).__name__}: {exc}"
                 param = getattr(exc, "param", "training_file")
-                with self.store.session() as s:
-                    if set_status(s, job.id, st.FAILED, allowed=(st.VALIDATING,), finished_at=st.now(),
-                                  error={"code": f"invalid_{param}", "message": str(exc), "param": param}):
-                        add_event(s, job.id, f"Validation failed: {exc}", level="error")
+                self._for_job(job.id, lambda s, j: attempt(
+                    s, j, st.FAILED, "worker", f"Validation failed: {reason}", level="error",
+                    error={"code": f"invalid_{param}", "message": reason, "param": param}))
                 continue
-            with self.store.session() as s:
-                if set_status(s, job.id, st.QUEUED, allowed=(st.VALIDATING,), **values):
-                    for note in notes:
-                        add_event(s, job.id, note)
 
-    def _validate(self, job: Job, files: dict[str, File], notes: list[str]) -> dict:
+            def queue(s, j, values=values, notes=notes):
+                for note in notes:
+                    add_event(s, j.id, note)
+                attempt(s, j, st.QUEUED, "worker", "Files validated; the job is queued.", **values)
+
+            self._for_job(job.id, queue)
+
+    def _validate(self, job: Job) -> tuple[dict, list[str]]:
+        """The job's files checked and its "auto" hyperparameters resolved, once: both are stored on
+        the job and the job process trains exactly these values."""
         base = finetuned.resolve(job.model, self.settings).base
         if base not in self._renderers:
             self._renderers[base] = load_renderer(ensure_cached(base, self.settings))
-        reports = {}
-        for param, file_id, minimum in (("training_file", job.training_file, hyper.MIN_EXAMPLES),
-                                        ("validation_file", job.validation_file, 1)):
-            if file_id is None:
-                continue
-            file = files.get(file_id)
+        with self.store.read() as s:
+            files = {param: s.get(File, file_id) for param, file_id in
+                     (("training_file", job.training_file), ("validation_file", job.validation_file)) if file_id}
+        notes, reports = [], {}
+        for param, file in files.items():
+            file_id = getattr(job, param)
             if file is None:
                 raise _FileError(param, f"{param} {file_id}: the file was deleted")
+            minimum = hyper.MIN_EXAMPLES if param == "training_file" else 1
             report = validate_file(Path(file.path), self._renderers[base], DEFAULT_MAX_LENGTH, minimum,
                                    preference=job.method == "dpo")
             if report.errors:
@@ -158,108 +176,130 @@ class Worker:
             reports[param] = report
             notes.append(f"Validated {param} {file_id}: {len(report.tokenized)} examples, "
                          f"{report.tokens.total:,} tokens ({report.format})")
-        notes.append("Files validated; the job is queued.")
         train = reports["training_file"]
         hp = job.hyperparameters
         resolved = hyper.resolve(len(train.tokenized), TRAIN_METHOD[job.method], hp.get("n_epochs", "auto"),
                                  hp.get("batch_size", "auto"), hp.get("learning_rate_multiplier", "auto"),
                                  hp.get("beta", "auto"), hp.get("rpo_alpha", "auto"))
-        return {"base": base, "data_format": train.format,
-                "hyperparameters": {**{k: v for k, v in resolved.as_dict().items() if k != "learning_rate"},
-                                    **{k: hp[k] for k in GUARD_SETTINGS if k in hp}}}
+        notes.append(f"Hyperparameters: {resolved.n_epochs} epochs, batch size {resolved.batch_size}, learning rate "
+                     f"multiplier {resolved.learning_rate_multiplier:g} (learning rate "
+                     f"{resolved.learning_rate:.2e}){resolved.dpo_text}")
+        values = {"base": base, "data_format": train.format,
+                  "hyperparameters": {**{k: v for k, v in resolved.as_dict().items() if k != "learning_rate"},
+                                      **{k: hp[k] for k in GUARD_SETTINGS if k in hp}}}
+        return values, notes
 
     # --- processes ---------------------------------------------------------------------------
     def job_dir(self, job_id: str) -> Path:
         return self.settings.jobs_dir / job_id
 
     def _start_queued(self) -> None:
-        with self.store.session() as s:
-            running = s.scalar(select(func.count()).select_from(Job).where(Job.status == st.RUNNING))
-            free = self.settings.max_running_jobs - running
-            queued = s.scalars(select(Job).where(Job.status == st.QUEUED).order_by(Job.created_at)).all()
-            for job in queued:
-                if free <= 0:
-                    break
-                if job.id in self.procs:  # resumed while its last process is still stopping
-                    continue
-                self._launch(s, job)
-                free -= 1
+        """Fill the free slots; a job that cannot be started fails and the next one takes its slot."""
+        while True:
+            with self.store.session() as s:
+                running = s.scalar(select(func.count()).select_from(Job).where(Job.status == st.RUNNING))
+                free = self.settings.max_running_jobs - running
+                # a job resumed while its last process is still stopping waits for that process to end
+                claimed = [j.id for j in st.claim_queued(s, max(0, free)) if j.id not in self.launcher.procs]
+            for job_id in claimed:
+                self._for_job(job_id, self._launch, fail_as="the job could not be started")
+            if not claimed or all(job_id in self.launcher.procs for job_id in claimed):
+                return
 
     def _launch(self, s, job: Job) -> None:
+        if job.status != st.QUEUED:
+            return
         project = s.get(st.Project, job.project_id)
-        files = {f: s.get(File, getattr(job, f)) for f in ("training_file", "validation_file") if getattr(job, f)}
-        spec = {"training_file": files["training_file"].path,
-                "validation_file": files["validation_file"].path if "validation_file" in files else None,
-                "model": job.model, "method": TRAIN_METHOD[job.method], "suffix": job.suffix, "seed": job.seed,
-                "org": project.name, **job.hyperparameters}
+        paths = {}
+        for param in ("training_file", "validation_file"):
+            file_id = getattr(job, param)
+            file = s.get(File, file_id) if file_id else None
+            if file_id and (file is None or not Path(file.path).is_file()):
+                raise _FileError(param, f"{param} {file_id} was deleted before the job started")
+            paths[param] = file.path if file else None
+        spec = {**paths, "model": job.model, "method": TRAIN_METHOD[job.method], "suffix": job.suffix,
+                "seed": job.seed, "org": project.name, **job.hyperparameters}
+        first = job.started_at is None
+        lifecycle.transition(s, job, st.RUNNING, "worker",
+                             "Fine-tuning job started" if first else "Fine-tuning job resumed",
+                             started_at=job.started_at or st.now(), error=None, finished_at=None)
         job_dir = self.job_dir(job.id)
         job_dir.mkdir(parents=True, exist_ok=True)
-        tmp = job_dir / (SPEC_FILE + ".tmp")
-        tmp.write_text(json.dumps({"spec": spec, "model_id": job.model_id}))
-        os.replace(tmp, job_dir / SPEC_FILE)
-        with open(job_dir / "process.log", "ab") as log:
-            self.procs[job.id] = subprocess.Popen([sys.executable, "-m", "tunesmith.train.run", str(job_dir)],
-                                                  stdout=log, stderr=subprocess.STDOUT, env=self._job_env())
-        first = job.started_at is None
-        set_status(s, job.id, st.RUNNING, allowed=(st.QUEUED,), started_at=job.started_at or st.now())
-        add_event(s, job.id, "Fine-tuning job started" if first else "Fine-tuning job resumed")
-
-    def _job_env(self) -> dict[str, str]:
-        env = dict(os.environ, TUNESMITH_HOME=str(self.settings.home), HF_HUB_OFFLINE="1",
-                   TRANSFORMERS_OFFLINE="1")
-        env.setdefault("PYTHONUNBUFFERED", "1")
-        return env
+        self.launcher.start(job.id, job_dir, {"spec": spec, "model_id": job.model_id})
 
     def _follow_running(self) -> None:
-        for job_id, proc in list(self.procs.items()):
-            with self.store.session() as s:
-                job = s.get(Job, job_id)
-                self._ingest(s, job)
-                if job.status in (st.CANCELLED, st.PAUSED) and job_id not in self._signalled:
-                    proc.send_signal(signal.SIGTERM)  # stops after the current step, with a checkpoint
-                    self._signalled.add(job_id)
-                code = proc.poll()
-                if code is None:
-                    continue
-                del self.procs[job_id]
-                self._signalled.discard(job_id)
-                self._ingest(s, job)
-                self._after_exit(s, job, returncode=code)
+        for job_id in self.launcher.running():
+            self._for_job(job_id, self._follow)
 
-    def _after_exit(self, s, job: Job, returncode: int | None) -> None:
-        """Apply what an ended job process left behind. ``returncode`` None: it died with the service."""
-        path = self.job_dir(job.id) / RESULT_FILE
-        result = json.loads(path.read_text()) if path.exists() else {"status": None}
-        if result["status"] == "succeeded":
+    def _follow(self, s, job: Job) -> None:
+        code = self.launcher.poll(job.id)  # first: an ended process is let go whatever fails below
+        if code is None:
+            self._ingest(s, job)
+            if job.status in (st.CANCELLED, st.PAUSED, st.FAILED) and job.id not in self._signalled:
+                self.launcher.stop(job.id)  # stops after the current step, with a checkpoint
+                self._signalled.add(job.id)
+            return
+        self._signalled.discard(job.id)
+        self._after_exit(s, job, code)
+
+    def _after_exit(self, s, job: Job, code: int | None, shutting_down: bool = False) -> None:
+        """Apply what an ended job process left behind. ``code`` None: it died with the last service."""
+        self._ingest(s, job)
+        result = self._result(job)
+        status = result.get("status") if result else None
+        if status == "succeeded":
             self._succeed(s, job, result)
-        elif result["status"] == "failed":
-            self._fail(s, job, result["error"])
+        elif status == "failed":
+            attempt(s, job, st.FAILED, "job", f"Fine-tuning job failed: {result['error']}", level="error",
+                    error={"code": "job_failed", "message": result["error"], "param": None})
         elif job.status != st.RUNNING:
-            pass  # stopped because it was paused or cancelled
-        elif returncode is None or result["status"] == "stopped":
-            # The service stopped or died under it: continue from its last checkpoint.
-            if set_status(s, job.id, st.QUEUED, allowed=(st.RUNNING,)):
-                add_event(s, job.id, "The job was interrupted by a restart of the service; it resumes from "
-                                     "its last checkpoint.")
+            pass  # it stopped because a client paused or cancelled it
+        elif code is None:
+            attempt(s, job, st.QUEUED, "system", "The job was interrupted by a restart of the service; it resumes "
+                                                 "from its last checkpoint.")
+        elif status == "stopped" or shutting_down:
+            if status == "stopped":
+                why = ("the service is shutting down" if shutting_down
+                       else "its process was stopped from outside the service")
+                where = f"at step {result['metrics'].get('step')}"
+            else:
+                why = f"it did not stop within {self.settings.shutdown_grace_seconds:g} s of the service's shutdown"
+                where = "at its newest checkpoint"
+            attempt(s, job, st.PAUSED, "system", f"Fine-tuning job paused {where}: {why}. It resumes by itself "
+                                                 "when the service starts again.")
         else:
-            self._fail(s, job, f"The job process exited with code {returncode}; see "
-                               f"{self.job_dir(job.id) / 'process.log'}")
+            self._fail_dead_process(s, job, code)
 
-    def _fail(self, s, job: Job, message: str) -> None:
-        if set_status(s, job.id, st.FAILED, allowed=(st.RUNNING,), finished_at=st.now(), estimated_finish=None,
-                      error={"code": "job_failed", "message": message, "param": None}):
-            add_event(s, job.id, f"Fine-tuning job failed: {message}", level="error")
+    def _fail_dead_process(self, s, job: Job, code: int) -> None:
+        newest = resumable_checkpoint(self.job_dir(job.id) / "checkpoints")
+        resume = (f"resume the job to continue from its newest checkpoint ({newest.name})" if newest
+                  else "it had written no checkpoint yet, so resuming it starts over")
+        message = f"{exit_reason(code)}; {resume}. Its log: {self.job_dir(job.id) / LOG_FILE}"
+        attempt(s, job, st.FAILED, "worker", f"Fine-tuning job failed: {message}", level="error",
+                error={"code": "job_failed", "message": message, "param": None})
+
+    def _result(self, job: Job) -> dict | None:
+        """The job process's result file, None if it wrote none; a torn or corrupt one is an error."""
+        path = self.job_dir(job.id) / RESULT_FILE
+        if not path.exists():
+            return None
+        try:
+            result = json.loads(path.read_bytes())
+            if not isinstance(result, dict) or result.get("status") not in ("succeeded", "failed", "stopped"):
+                raise ValueError("no status")
+            return result
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise TunesmithError(f"the job's result file {path} is corrupt ({exc}); "
+                                 "resume the job to run it again from its newest checkpoint") from None
 
     def _succeed(self, s, job: Job, result: dict) -> None:
         name = result["fine_tuned_model"]
         results_file = self._results_csv(s, job)
-        if not set_status(s, job.id, st.SUCCEEDED, allowed=(st.RUNNING,), finished_at=st.now(),
-                          estimated_finish=None, fine_tuned_model=name, trained_tokens=result["trained_tokens"],
-                          result_files=[results_file]):
+        if not attempt(s, job, st.SUCCEEDED, "job", f"New fine-tuned model created: {name}", fine_tuned_model=name,
+                       trained_tokens=result["trained_tokens"], result_files=[results_file]):
             return
         if s.get(Model, name) is None:
             s.add(Model(name=name, project_id=job.project_id, job_id=job.id, created_at=st.now()))
-        add_event(s, job.id, f"New fine-tuned model created: {name}")
         add_event(s, job.id, "The job has successfully completed")
 
     def _results_csv(self, s, job: Job) -> str:
@@ -311,13 +351,3 @@ class _FileError(TunesmithError):
     def __init__(self, param: str, message: str):
         super().__init__(message)
         self.param = param
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
