@@ -9,6 +9,10 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -17,7 +21,7 @@ import pytest
 from safetensors.torch import load_file
 
 from conftest import chat_row, write_jsonl
-from live_server import LiveServer, new_home
+from live_server import LiveServer, free_port, new_home
 
 pytestmark = pytest.mark.slow
 SMOL = "smollm2-135m-instruct"
@@ -238,8 +242,9 @@ def test_pause_resume_gives_the_same_model_as_an_uninterrupted_run(alpha, server
     paused = alpha.fine_tuning.jobs.create(model=SMOL, training_file=train.id, seed=5, hyperparameters=hp)
     wait_for(lambda: [e for e in all_events(alpha, paused.id) if e.type == "metrics"], lambda m: len(m) >= 3)
     assert alpha.fine_tuning.jobs.pause(paused.id).status == "paused"
-    with pytest.raises(openai.ConflictError):
+    with pytest.raises(openai.BadRequestError, match="only a job that is queued or running can be paused") as again:
         alpha.fine_tuning.jobs.pause(paused.id)
+    assert again.value.code == "invalid_state"
     job_dir = server.home / "jobs" / paused.id
     wait_for(lambda: (job_dir / "result.json").exists(), bool, timeout=60)  # its process has stopped
     stopped_at = max(e.data["step"] for e in all_events(alpha, paused.id) if e.type == "metrics")
@@ -262,7 +267,7 @@ def test_cancel_stops_the_job(alpha, data):
     train = alpha.files.create(file=data["train"].open("rb"), purpose="fine-tune")
     job = alpha.fine_tuning.jobs.create(model=SMOL, training_file=train.id, hyperparameters={"n_epochs": 5})
     assert alpha.fine_tuning.jobs.cancel(job.id).status == "cancelled"
-    with pytest.raises(openai.ConflictError):
+    with pytest.raises(openai.BadRequestError, match="is cancelled; only a job that is"):
         alpha.fine_tuning.jobs.cancel(job.id)
     time.sleep(2)
     assert alpha.fine_tuning.jobs.retrieve(job.id).status == "cancelled"
@@ -341,6 +346,75 @@ def test_kill_9_mid_training_then_restart_resumes_and_loses_nothing(tmp_path, da
         assert [c.step_number for c in client.fine_tuning.jobs.checkpoints.list(job.id).data] == [30, 20, 10]
         assert sorted(f.id for f in client.files.list(purpose="fine-tune").data) == before
         assert [m.id for m in client.models.list().data].count(job.fine_tuned_model) == 1
+    finally:
+        srv.stop()
+
+
+def job_pid(job_id: str) -> int:
+    """The pid of a job's training process (``python -m tunesmith.train.run …/JOB_ID``)."""
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            args = cmdline.read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"tunesmith.train.run" in args and any(a.endswith(job_id.encode()) for a in args):
+            return int(cmdline.parent.name)
+    raise LookupError(f"no process for {job_id}")
+
+
+def stored_job(srv: LiveServer, job_id: str):
+    from tunesmith.config import Settings
+    from tunesmith.jobs.store import Job, Store
+
+    with Store(Settings(home=srv.home)).read() as s:
+        return s.get(Job, job_id)
+
+
+def test_sigterm_pauses_jobs_a_second_server_is_refused_and_a_killed_job_resumes(tmp_path, data, smol_info):
+    """The faults of a job's life on one server: SIGTERM to the service (paused by the system, resumed at the
+    next start), a second server on the same home (refused), kill -9 of the job process alone (failed with
+    the likely cause, then resumed by the client). The job ends with each step trained once."""
+    srv = LiveServer(new_home(tmp_path)).start()
+    try:
+        client = openai.OpenAI(base_url=srv.base_url, api_key="local", max_retries=0)
+        train = client.files.create(file=data["train"].open("rb"), purpose="fine-tune")
+        job = client.fine_tuning.jobs.create(model=SMOL, training_file=train.id, seed=3,
+                                             hyperparameters={"n_epochs": 3, "batch_size": 2})  # 30 steps
+
+        def metrics() -> list:
+            return [e for e in all_events(client, job.id) if e.type == "metrics"]
+
+        wait_for(metrics, lambda m: len(m) >= 3)
+        second = subprocess.run([sys.executable, "-m", "tunesmith.cli", "serve", "--port", str(free_port())],
+                                env=srv.env, capture_output=True, text=True, timeout=60)
+        assert second.returncode == 1
+        assert f"another tunesmith serve (pid {srv.proc.pid}) is already running on {srv.home}" in second.stderr
+
+        began = time.monotonic()
+        srv.proc.send_signal(signal.SIGTERM)
+        srv.proc.wait(60)
+        paused = stored_job(srv, job.id)
+        assert (paused.status, paused.status_actor) == ("paused", "system"), paused.error
+        print(f"SIGTERM to a stopped server: {time.monotonic() - began:.1f} s")
+
+        srv.start()
+        said = [e.message for e in all_events(client, job.id) if e.message.startswith("Fine-tuning job paused")]
+        assert len(said) == 1 and said[0].endswith(": the service is shutting down. It resumes by itself when the "
+                                                   "service starts again."), said
+        wait_for(lambda: client.fine_tuning.jobs.retrieve(job.id).status, lambda s: s == "running")
+        stepped = len(metrics())
+        wait_for(metrics, lambda m: len(m) >= stepped + 2)
+        os.kill(job_pid(job.id), signal.SIGKILL)
+        failed = finished(client, job.id, timeout=60)
+        assert failed.status == "failed"
+        assert failed.error.message.startswith("the job process was killed by SIGKILL — most likely the kernel's "
+                                               "out-of-memory killer")
+        assert "resume the job to continue from its newest checkpoint (step-0000" in failed.error.message
+
+        assert client.fine_tuning.jobs.resume(job.id).status == "queued"
+        done = finished(client, job.id)
+        assert done.status == "succeeded", done.error
+        assert sorted(e.data["step"] for e in metrics()) == list(range(1, 31))
     finally:
         srv.stop()
 

@@ -226,11 +226,16 @@ def train(
     patience: Annotated[int, typer.Option(min=1, help="Epochs without a lower validation loss before stopping.")] = DEFAULT_PATIENCE,
     eval_steps: Annotated[Optional[int], typer.Option(
         min=1, help="Also compute the validation loss every N steps (it is always computed each epoch).")] = None,
+    resume: Annotated[Optional[str], typer.Option(
+        help="Continue a stopped run (its job id) from its newest checkpoint; the file and settings must be the "
+             "ones it started with.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object with the result.")] = False,
 ) -> None:
     """Fine-tune a model; prints the new model id (ft:…)."""
     from tunesmith.train.run import TrainSpec, run_job
 
+    if resume is not None:
+        _check_resumable(resume)
     spec = TrainSpec(file, validation, model, method, epochs, batch_size, learning_rate_multiplier, beta,
                      rpo_alpha, suffix, seed, max_length, early_stopping=early_stopping, patience=patience,
                      eval_steps=eval_steps, auto_split=auto_split)
@@ -240,16 +245,32 @@ def train(
                         TextColumn("{task.fields[tps]:.0f} tok/s"),
                         TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=err)
     with progress, stop:
-        result = run_job(spec, _ProgressReporter(progress), stop_requested=stop)
+        result = run_job(spec, _ProgressReporter(progress), stop_requested=stop, job_id=resume)
     if as_json:
         out.print_json(json.dumps(result.as_dict()))
     elif result.status == "stopped":
-        err.print(f"Stopped at step {result.metrics.get('step')}; last checkpoint: {result.last_checkpoint}")
+        err.print(f"Stopped at step {result.metrics.get('step')}; last checkpoint: {result.last_checkpoint}. "
+                  f"To continue: the same command with --resume {result.job_id}", soft_wrap=True)
     else:
         err.print(f"Done in {result.seconds:.0f} s: {result.trained_tokens:,} trained tokens. Model:")
         out.print(result.fine_tuned_model, highlight=False)
     if result.status == "stopped":
         raise typer.Exit(130)
+
+
+def _check_resumable(job_id: str) -> None:
+    """``train --resume`` continues runs of ``tunesmith train``; the server's jobs resume through it."""
+    from tunesmith.jobs.store import Job, Store
+    from tunesmith.train.loop import resumable_checkpoint
+
+    settings = get_settings()
+    if "/" in job_id or job_id.startswith("."):
+        raise TunesmithError(f"not a job id: {job_id!r}")
+    with Store().read() as s:
+        if s.get(Job, job_id) is not None:
+            raise TunesmithError(f"{job_id} is a job of the server: resume it with `tunesmith jobs resume {job_id}`")
+    if resumable_checkpoint(settings.jobs_dir / job_id / "checkpoints") is None:
+        raise TunesmithError(f"no run {job_id} with a checkpoint to resume from in {settings.jobs_dir}")
 
 
 class _StopOnInterrupt:
@@ -346,6 +367,151 @@ def keys_list() -> None:
         out.print("No API keys: the server accepts requests without a key on 127.0.0.1 only.")
     for key, project in rows:
         out.print(f"{key.prefix}…  project {project.name}  created {key.created_at}", highlight=False)
+
+
+jobs_app = typer.Typer(no_args_is_help=True, help="The server's fine-tuning jobs, read from and changed in its store "
+                                                   "(a running server acts on a change within a second).")
+app.add_typer(jobs_app, name="jobs")
+JobId = Annotated[str, typer.Argument(help="Job id (ftjob-…).")]
+
+
+def _age(timestamp: int | None) -> str:
+    import time
+
+    if timestamp is None:
+        return ""
+    seconds = max(0, int(time.time()) - timestamp)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit} ago"
+    return f"{seconds}s ago"
+
+
+def _job(s, job_id: str):
+    from tunesmith.jobs.store import Job
+
+    job = s.get(Job, job_id)
+    if job is None:
+        raise TunesmithError(f"no job {job_id} (see `tunesmith jobs list`)")
+    return job
+
+
+def _progress(s, job_id: str) -> str:
+    from sqlalchemy import select
+
+    from tunesmith.jobs.store import Event
+
+    data = s.scalar(select(Event.data).where(Event.job_id == job_id, Event.type == "metrics")
+                    .order_by(Event.seq.desc()).limit(1))
+    return f"{data['step']}/{data['total_steps']}" if data else ""
+
+
+@jobs_app.command("list")
+@friendly_errors
+def jobs_list(
+    project: Annotated[Optional[str], typer.Option(help="Only this project's jobs.")] = None,
+    status: Annotated[Optional[str], typer.Option(help="Only jobs in this status.")] = None,
+    limit: Annotated[int, typer.Option(min=1, help="Newest N jobs.")] = 50,
+) -> None:
+    """Jobs, newest first: status, model, age, progress (step / total) and the model each made."""
+    from sqlalchemy import select
+
+    from tunesmith.jobs.store import Job, Project, Store
+
+    with Store().read() as s:
+        query = select(Job, Project.name).join(Project).order_by(Job.created_at.desc(), Job.id).limit(limit)
+        if project:
+            query = query.where(Project.name == project)
+        if status:
+            query = query.where(Job.status == status)
+        rows = [(job, name, _progress(s, job.id)) for job, name in s.execute(query).all()]
+    if not rows:
+        out.print("No jobs.")
+        return
+    # Aligned plain lines, never wrapped or folded: ids and model names are meant to be copied whole.
+    cells = [("id", "project", "status", "model", "created", "steps", "fine-tuned model")]
+    cells += [(job.id, name, job.status, job.model, _age(job.created_at), steps, job.fine_tuned_model or "")
+              for job, name, steps in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(cells[0]) - 1)]
+    for n, row in enumerate(cells):
+        line = "  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[-1]
+        out.print(f"[bold]{escape(line)}[/]" if n == 0 else escape(line), soft_wrap=True, highlight=False)
+
+
+@jobs_app.command("show")
+@friendly_errors
+def jobs_show(job_id: JobId) -> None:
+    """One job: status and who set it, hyperparameters, error, files, checkpoints."""
+    from sqlalchemy import select
+
+    from tunesmith.jobs.store import Checkpoint, Project, Store
+
+    with Store().read() as s:
+        job = _job(s, job_id)
+        project = s.get(Project, job.project_id).name
+        steps = _progress(s, job_id)
+        ckpts = s.scalars(select(Checkpoint).where(Checkpoint.job_id == job_id).order_by(Checkpoint.step)).all()
+    lines = [("id", job.id), ("project", project), ("status", f"{job.status} (set by {job.status_actor or 'api'})"),
+             ("model", job.model), ("method", job.method), ("training file", job.training_file),
+             ("validation file", job.validation_file or "none"), ("hyperparameters", json.dumps(job.hyperparameters)),
+             ("seed", str(job.seed)), ("created", _age(job.created_at)), ("steps", steps or "none yet"),
+             ("fine-tuned model", job.fine_tuned_model or "none yet")]
+    if job.error:
+        lines.append(("error", job.error["message"]))
+    for label, value in lines:
+        out.print(f"[bold]{label}:[/] {escape(value)}", soft_wrap=True)
+    for c in ckpts:
+        out.print(f"  checkpoint step {c.step}: {c.name}", soft_wrap=True, highlight=False)
+
+
+@jobs_app.command("events")
+@friendly_errors
+def jobs_events(job_id: JobId, limit: Annotated[int, typer.Option(min=1, help="The newest N events.")] = 100) -> None:
+    """A job's events, oldest first."""
+    import datetime
+
+    from sqlalchemy import select
+
+    from tunesmith.jobs.store import Event, Store
+
+    with Store().read() as s:
+        _job(s, job_id)
+        events = s.scalars(select(Event).where(Event.job_id == job_id).order_by(Event.seq.desc()).limit(limit)).all()
+    for e in reversed(events):
+        when = datetime.datetime.fromtimestamp(e.created_at).strftime("%Y-%m-%d %H:%M:%S")
+        style = {"error": "red", "warn": "yellow"}.get(e.level, "")
+        text = f"{when} {escape(e.message)}"
+        out.print(f"[{style}]{text}[/]" if style else text, soft_wrap=True, highlight=False)
+
+
+def _operate(job_id: str, to: str, message: str) -> None:
+    from tunesmith.jobs import lifecycle
+    from tunesmith.jobs.store import Store
+
+    with Store().session() as s:
+        job = lifecycle.transition(s, _job(s, job_id), to, "operator", message)
+        out.print(f"{job.id}: {job.status}", highlight=False)
+
+
+@jobs_app.command("cancel")
+@friendly_errors
+def jobs_cancel(job_id: JobId) -> None:
+    """Cancel a job; its checkpoints stay."""
+    _operate(job_id, "cancelled", "Fine-tuning job cancelled by the operator")
+
+
+@jobs_app.command("pause")
+@friendly_errors
+def jobs_pause(job_id: JobId) -> None:
+    """Pause a job: it checkpoints and stops until resumed."""
+    _operate(job_id, "paused", "Fine-tuning job paused by the operator")
+
+
+@jobs_app.command("resume")
+@friendly_errors
+def jobs_resume(job_id: JobId) -> None:
+    """Resume a paused or failed job from its newest checkpoint."""
+    _operate(job_id, "queued", "Fine-tuning job resumed by the operator; it continues from its newest checkpoint")
 
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")

@@ -77,8 +77,8 @@ class Worker:
         self._stop.set()
         if self._thread:
             self._thread.join()
-        for job_id, code in self.launcher.stop_all(self.settings.shutdown_grace_seconds).items():
-            self._for_job(job_id, lambda s, job, code=code: self._after_exit(s, job, code, shutting_down=True))
+        else:
+            self._stop_jobs()
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -87,6 +87,13 @@ class Worker:
             except Exception:  # a fault outside any one job (the database is gone, …): logged, retried
                 print(f"tunesmith worker:\n{traceback.format_exc()}", file=sys.stderr)
             self._stop.wait(self.poll_seconds)
+        # On this thread: job processes die with the thread that started them (PR_SET_PDEATHSIG), so it
+        # must outlive them.
+        self._stop_jobs()
+
+    def _stop_jobs(self) -> None:
+        for job_id, code in self.launcher.stop_all(self.settings.shutdown_grace_seconds).items():
+            self._for_job(job_id, lambda s, job, code=code: self._after_exit(s, job, code, shutting_down=True))
 
     def tick(self) -> None:
         self._validate_new()

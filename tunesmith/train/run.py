@@ -356,7 +356,10 @@ _CHECKPOINT_METRICS = (*_STEP_METRICS, *("valid_" + m.removeprefix("train_") for
 
 
 def _die_with_parent() -> None:
-    """Linux: end this process when the service that started it dies, even by kill -9."""
+    """Linux: end this process when the service that started it dies, even by kill -9.
+
+    The kernel sends the signal when the *thread* that started this process ends, so the worker
+    keeps its thread alive until its job processes have stopped."""
     try:
         import ctypes
 
