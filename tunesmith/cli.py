@@ -53,8 +53,9 @@ def friendly_errors(fn):
 @app.command()
 @friendly_errors
 def models() -> None:
-    """List base models and fine-tuned models."""
-    from tunesmith.models import finetuned
+    """List base models and fine-tuned models (every project's: this is the server's own store)."""
+    from tunesmith.jobs import registry
+    from tunesmith.jobs.store import Project, Store
     from tunesmith.models.registry import BUNDLED
 
     settings = get_settings()
@@ -65,13 +66,26 @@ def models() -> None:
         cached = (settings.base_cache_dir / m.name).exists()
         table.add_row(m.name, "yes" if cached else "no (converted on first use)", m.description)
     out.print(table)
-    tuned = finetuned.list_models(settings)
+    store = Store()
+    tuned = registry.list_models(store)
     if not tuned:
         out.print("No fine-tuned models yet: run `tunesmith train FILE`.")
+    with store.read() as s:
+        projects = {p.id: p.name for p in s.query(Project)}
     # Plain lines, never wrapped: names are meant to be copied whole.
     for m in tuned:
-        out.print(f"[bold]{m.name}[/]  ({m.method}, {m.trained_tokens:,} trained tokens)", soft_wrap=True)
-        out.print("  checkpoints: " + ", ".join(f"ckpt-step-{s}" for s in m.checkpoints), soft_wrap=True)
+        out.print(f"[bold]{m.name}[/]  ({m.method}, {m.trained_tokens or 0:,} trained tokens, project "
+                  f"{projects.get(m.project_id)})", soft_wrap=True)
+        steps = sorted(int(k) for k in m.checkpoints or {})
+        out.print("  checkpoints: " + ", ".join(f"ckpt-step-{k}" for k in steps), soft_wrap=True)
+
+
+def _resolve(model: str):
+    """A model name as the store knows it (``UnknownModelError`` names what is wrong)."""
+    from tunesmith.jobs import registry
+    from tunesmith.jobs.store import Store
+
+    return registry.resolve(model, Store())
 
 
 @app.command()
@@ -91,11 +105,10 @@ def validate(
     """Check a training file: errors with line and field, warnings, token statistics, hyperparameters."""
     from tunesmith.data.formats import PREFERENCE
     from tunesmith.data.validate import validate_file
-    from tunesmith.models import finetuned
     from tunesmith.models.loading import ensure_cached, load_renderer
     from tunesmith.train import hyper
 
-    info = ensure_cached(finetuned.resolve(model).base, status=lambda m: err.print(f"[dim]{m}[/]"))
+    info = ensure_cached(_resolve(model).base, status=lambda m: err.print(f"[dim]{m}[/]"))
     preference = None if method is None else method == "dpo"  # None: either kind, the method follows the file
     report = validate_file(file, load_renderer(info), max_length, preference=preference)
     method = method or ("dpo" if report.format == PREFERENCE else "lora")
@@ -245,7 +258,10 @@ def train(
                         TextColumn("{task.fields[tps]:.0f} tok/s"),
                         TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=err)
     with progress, stop:
-        result = run_job(spec, _ProgressReporter(progress), stop_requested=stop, job_id=resume)
+        result = run_job(spec, _ProgressReporter(progress), stop_requested=stop, job_id=resume,
+                         start=_resolve(model) if model.startswith("ft:") else None)
+    if result.model is not None:
+        _register(result.model)
     if as_json:
         out.print_json(json.dumps(result.as_dict()))
     elif result.status == "stopped":
@@ -256,6 +272,16 @@ def train(
         out.print(result.fine_tuned_model, highlight=False)
     if result.status == "stopped":
         raise typer.Exit(130)
+
+
+def _register(record: dict) -> None:
+    """A model trained here joins the store's registry, in the local project, as the server's do."""
+    from tunesmith.jobs import registry
+    from tunesmith.jobs.store import Store
+
+    store = Store()
+    with store.session() as s:
+        registry.register(s, registry.record(record), store.project(s, get_settings().org).id, job_id=None)
 
 
 def _check_resumable(job_id: str) -> None:
@@ -306,15 +332,14 @@ def chat(
     max_tokens: Annotated[int, typer.Option(help="Longest reply, in tokens.")] = 256,
 ) -> None:
     """Chat with a model: one answer with -m, else an interactive multi-turn chat."""
-    from tunesmith.models import finetuned
     from tunesmith.serve.engine import Engine, Reply, Sampling
 
-    base = finetuned.resolve(model).base
-    engine = Engine(base, status=lambda m: err.print(f"[dim]{m}[/]"))
+    resolved = _resolve(model)
+    engine = Engine(resolved.base, status=lambda m: err.print(f"[dim]{m}[/]"))
     sampling = Sampling(max_tokens=max_tokens, temperature=temperature)
     history = [{"role": "system", "content": system}] if system else []
     if message is not None:
-        print(engine.generate(model, [history + [{"role": "user", "content": message}]], sampling)[0].text)
+        print(engine.generate(resolved, [history + [{"role": "user", "content": message}]], sampling)[0].text)
         return
     err.print(f"Chatting with [bold]{escape(model)}[/]. /reset clears the conversation, /exit or Ctrl-D quits.")
     while True:
@@ -330,7 +355,7 @@ def chat(
             continue
         history.append({"role": "user", "content": text})
         sys.stdout.write("assistant> ")
-        for piece in engine.stream(model, history, sampling):
+        for piece in engine.stream(resolved, history, sampling):
             if isinstance(piece, Reply):
                 history.append({"role": "assistant", "content": piece.text})
             else:

@@ -17,7 +17,8 @@ from rich.console import Console
 from rich.table import Table
 
 from tunesmith.config import quiet_libraries
-from tunesmith.models import finetuned
+from tunesmith.jobs import registry
+from tunesmith.jobs.store import Store
 from tunesmith.serve.engine import Engine, Sampling
 
 
@@ -36,10 +37,10 @@ def score_models(heldout: Path, models: list[str], limit: int | None = None, con
     engines: dict[str, Engine] = {}
     answers, scores = {}, {}
     for name in models:
-        base = finetuned.resolve(name).base
-        engine = engines.setdefault(base, Engine(base))
+        resolved = registry.resolve(name, Store())
+        engine = engines.setdefault(resolved.base, Engine(resolved.base))
         started = time.perf_counter()
-        answers[name] = [r.text for r in engine.generate(name, prompts, Sampling(max_tokens=64))]
+        answers[name] = [r.text for r in engine.generate(resolved, prompts, Sampling(max_tokens=64))]
         scores[name] = sum(json_equal(a, e) for a, e in zip(answers[name], expected)) / len(rows)
         if console:
             console.print(f"{name}: exact JSON equality {scores[name]:.0%} on {len(rows)} held-out lines "

@@ -21,7 +21,8 @@ from rich.console import Console
 
 from tunesmith.config import quiet_libraries
 from tunesmith.data.validate import validate_file
-from tunesmith.models import finetuned
+from tunesmith.jobs import registry
+from tunesmith.jobs.store import Store
 from tunesmith.models.loading import ensure_cached, load_model, load_renderer
 from tunesmith.serve.engine import Engine, Sampling
 from tunesmith.train.hyper import DEFAULT_BETA
@@ -36,10 +37,10 @@ def sign_off_rates(heldout: Path, models: list[str], max_tokens: int = 160, cons
     engines: dict[str, Engine] = {}
     answers, rates = {}, {}
     for name in models:
-        base = finetuned.resolve(name).base
-        engine = engines.setdefault(base, Engine(base))
+        resolved = registry.resolve(name, Store())
+        engine = engines.setdefault(resolved.base, Engine(resolved.base))
         started = time.perf_counter()
-        answers[name] = [r.text for r in engine.generate(name, prompts, Sampling(max_tokens=max_tokens))]
+        answers[name] = [r.text for r in engine.generate(resolved, prompts, Sampling(max_tokens=max_tokens))]
         rates[name] = sum(map(has_sign_off, answers[name])) / len(rows)
         if console:
             console.print(f"{name}: sign-off in {rates[name]:.0%} of {len(rows)} held-out answers "
@@ -51,7 +52,7 @@ def reward_metrics(heldout: Path, model: str, beta: float = DEFAULT_BETA) -> dic
     """DPO's validation metrics of a LoRA model on held-out pairs, with the base model as reference."""
     from peft import PeftModel
 
-    resolved = finetuned.resolve(model)
+    resolved = registry.resolve(model, Store())
     info = ensure_cached(resolved.base)
     renderer = load_renderer(info)
     report = validate_file(heldout, renderer, min_examples=1, preference=True)

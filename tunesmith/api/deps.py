@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from fastapi import Request
 from sqlalchemy import select
 
 from tunesmith.api.errors import ApiError, model_not_found
-from tunesmith.jobs.store import Checkpoint, Job, Model, Project, Store
-from tunesmith.models import finetuned
+from tunesmith.errors import UnknownModelError
+from tunesmith.jobs import registry
+from tunesmith.jobs.store import Project, Store
+from tunesmith.models.finetuned import ResolvedModel
 from tunesmith.models.registry import BUNDLED
 
 LOCAL_PROJECT = "local"
@@ -26,6 +26,10 @@ def current_project(request: Request) -> Project:
     store: Store = request.app.state.store
     header = request.headers.get("authorization", "")
     if not store.has_keys():
+        with store.read() as s:  # the write lock only the first time, to create it
+            found = s.scalar(select(Project).where(Project.name == LOCAL_PROJECT))
+        if found is not None:
+            return found
         with store.session() as s:
             return store.project(s, LOCAL_PROJECT)
     scheme, _, key = header.partition(" ")
@@ -39,18 +43,11 @@ def current_project(request: Request) -> Project:
     return project
 
 
-def resolve_model(store: Store, project: Project, name: str, param: str = "model") -> finetuned.ResolvedModel:
-    """A base model, or a fine-tuned model or checkpoint that belongs to ``project``; else 404."""
-    if not name.startswith("ft:"):
-        if name in BUNDLED:
-            return finetuned.ResolvedModel(name, name, None, None)
+def resolve_model(store: Store, project: Project, name: str, param: str = "model") -> ResolvedModel:
+    """A bundled base model, or a fine-tuned model or checkpoint that belongs to ``project``; else 404."""
+    if not name.startswith("ft:") and name not in BUNDLED:
         raise model_not_found(name, param)
-    with store.session() as s:
-        model = s.get(Model, name)
-        if model is not None and model.project_id == project.id and not model.deleted:
-            return finetuned.resolve(name, store.settings)
-        ckpt = s.scalar(select(Checkpoint).where(Checkpoint.name == name, Checkpoint.project_id == project.id))
-        if ckpt is None:
-            raise model_not_found(name, param)
-        job = s.get(Job, ckpt.job_id)
-        return finetuned.ResolvedModel(name, job.base, Path(ckpt.path), "lora", job.data_format or "chat")
+    try:
+        return registry.resolve(name, store, project.id)
+    except UnknownModelError:
+        raise model_not_found(name, param) from None

@@ -27,7 +27,7 @@ def file_object(f: File) -> dict:
 
 
 def owned_file(store: Store, project: Project, file_id: str, param: str = "id") -> File:
-    with store.session() as s:
+    with store.read() as s:
         f = s.get(File, file_id)
     if f is None or f.project_id != project.id:
         raise not_found("File object", file_id, param)
@@ -69,7 +69,7 @@ def upload(request: Request, file: UploadFile, purpose: Annotated[str, Form()],
 def list_files(purpose: str | None = None, limit: Annotated[int, Query(ge=1, le=10000)] = 10000,
                after: str | None = None, order: Literal["asc", "desc"] = "desc",
                project: Project = Depends(current_project), store: Store = Depends(get_store)) -> dict:
-    with store.session() as s:
+    with store.read() as s:
         query = select(File).where(File.project_id == project.id)
         if purpose:
             query = query.where(File.purpose == purpose)

@@ -124,7 +124,7 @@ def list_jobs(request: Request, limit: Annotated[int, Query(ge=1, le=100)] = 20,
     # metadata filters arrive as metadata[key]=value query parameters
     wanted = {k[len("metadata["):-1]: v for k, v in request.query_params.items()
               if k.startswith("metadata[") and k.endswith("]")}
-    with store.session() as s:
+    with store.read() as s:
         rows = s.scalars(select(Job).where(Job.project_id == project.id)).all()
     rows = [j for j in sorted(rows, key=lambda j: (j.created_at, j.id), reverse=True)
             if all((j.meta or {}).get(k) == v for k, v in wanted.items())]
@@ -133,7 +133,7 @@ def list_jobs(request: Request, limit: Annotated[int, Query(ge=1, le=100)] = 20,
 
 @router.get("/{job_id}")
 def retrieve(job_id: str, project: Project = Depends(current_project), store: Store = Depends(get_store)) -> dict:
-    with store.session() as s:
+    with store.read() as s:
         return job_object(_owned_job(s, project, job_id), project.name)
 
 
@@ -187,7 +187,7 @@ def checkpoints(job_id: str, limit: Annotated[int, Query(ge=1, le=100)] = 10, af
 
 def _job_children(store: Store, project: Project, job_id: str, query, render, limit: int, after: str | None) -> dict:
     """A page of a job's events or checkpoints, newest first; 404 unless the job is the caller's."""
-    with store.session() as s:
+    with store.read() as s:
         _owned_job(s, project, job_id)
         entity = query.column_descriptions[0]["entity"]
         rows = s.scalars(query.where(entity.job_id == job_id)).all()

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import shutil
-
 from fastapi import APIRouter, Depends
-from sqlalchemy import select
 
 from tunesmith.api.deps import current_project, get_store, resolve_model
 from tunesmith.api.errors import ApiError, model_not_found
+from tunesmith.errors import UnknownModelError
+from tunesmith.jobs import registry
 from tunesmith.jobs.store import Model, Project, Store
-from tunesmith.models import finetuned
 from tunesmith.models.registry import BUNDLED
 
 router = APIRouter(prefix="/v1/models")
@@ -24,10 +22,7 @@ def _object(name: str, created: int, owned_by: str) -> dict:
 @router.get("")
 def list_models(project: Project = Depends(current_project), store: Store = Depends(get_store)) -> dict:
     data = [_object(name, BASE_CREATED, "tunesmith") for name in BUNDLED]
-    with store.session() as s:
-        rows = s.scalars(select(Model).where(Model.project_id == project.id, Model.deleted.is_(False))
-                         .order_by(Model.created_at)).all()
-    data += [_object(m.name, m.created_at, project.name) for m in rows]
+    data += [_object(m.name, m.created_at, project.name) for m in registry.list_models(store, project.id)]
     return {"object": "list", "data": data}
 
 
@@ -36,7 +31,7 @@ def retrieve(name: str, project: Project = Depends(current_project), store: Stor
     resolve_model(store, project, name)
     if name in BUNDLED:
         return _object(name, BASE_CREATED, "tunesmith")
-    with store.session() as s:
+    with store.read() as s:
         row = s.get(Model, name)
     return _object(name, row.created_at if row else BASE_CREATED, project.name)
 
@@ -45,13 +40,8 @@ def retrieve(name: str, project: Project = Depends(current_project), store: Stor
 def delete(name: str, project: Project = Depends(current_project), store: Store = Depends(get_store)) -> dict:
     if name in BUNDLED:
         raise ApiError(400, f"{name} is a base model; only fine-tuned models can be deleted", param="model")
-    with store.session() as s:
-        row = s.get(Model, name)
-        if row is None or row.project_id != project.id or row.deleted:
-            raise model_not_found(name)
-        row.deleted = True
-    resolved = finetuned.resolve(name, store.settings)
-    # Its checkpoints stay usable (they are the job's); the final weights and the name go.
-    finetuned.forget(name, store.settings)
-    shutil.rmtree(resolved.weights, ignore_errors=True)
+    try:
+        registry.delete(store, name, project.id)
+    except UnknownModelError:
+        raise model_not_found(name) from None
     return {"id": name, "object": "model", "deleted": True}

@@ -19,7 +19,8 @@ from tunesmith.data.tokenize import Pair, Tokenized
 from tunesmith.data.validate import DEFAULT_MAX_LENGTH, validate_file
 from tunesmith.errors import TunesmithError
 from tunesmith.eval.metrics import Checks, Rate, Scores, aggregate, score
-from tunesmith.models import finetuned
+from tunesmith.jobs import registry
+from tunesmith.jobs.store import Store
 from tunesmith.models.finetuned import ResolvedModel
 from tunesmith.serve.engine import Engine, Sampling
 from tunesmith.train.loop import evaluate
@@ -88,7 +89,8 @@ def evaluate_models(models: list[str], data: Path, options: EvalOptions = EvalOp
                     progress: ProgressCallback | None = None, status: Callable[[str], None] | None = None
                     ) -> list[EvalReport]:
     """One report per model, in order, all on the same questions."""
-    resolved = [finetuned.resolve(m) for m in models]
+    store = Store()
+    resolved = [registry.resolve(m, store) for m in models]
     # Every name, base model and the file are checked before the long part (generation) starts.
     prepared: dict[str, tuple[Engine, list[Example], list[Tokenized]]] = {}
     for r in resolved:

@@ -119,14 +119,21 @@ class Checkpoint(Base):
 
 
 class Model(Base):
-    """A fine-tuned model and the project that owns it (weights and metadata: models.finetuned)."""
+    """A fine-tuned model, the project that owns it and where its weights are (jobs/registry.py)."""
 
     __tablename__ = "models"
     name: Mapped[str] = mapped_column(Text, primary_key=True)
     project_id: Mapped[str] = mapped_column(ForeignKey("projects.id"), index=True)
-    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"))
+    job_id: Mapped[str | None] = mapped_column(ForeignKey("jobs.id"))  # None: trained by `tunesmith train`
     created_at: Mapped[int] = mapped_column(Integer, default=now)
     deleted: Mapped[bool] = mapped_column(Boolean, default=False)
+    base: Mapped[str | None] = mapped_column(String(128))
+    method: Mapped[str | None] = mapped_column(String(16))
+    format: Mapped[str | None] = mapped_column(String(16))
+    path: Mapped[str | None] = mapped_column(Text)
+    trained_tokens: Mapped[int | None] = mapped_column(Integer)
+    metrics: Mapped[dict | None] = mapped_column(JSON)
+    checkpoints: Mapped[dict | None] = mapped_column(JSON)  # step (as text) → weights directory
 
 
 def hash_key(key: str) -> str:

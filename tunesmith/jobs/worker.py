@@ -21,6 +21,7 @@ import sys
 import threading
 import traceback
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 
 from sqlalchemy import func, select
@@ -29,11 +30,11 @@ from tunesmith.atomic import write_atomic
 from tunesmith.config import Settings
 from tunesmith.data.validate import DEFAULT_MAX_LENGTH, validate_file
 from tunesmith.errors import TunesmithError
-from tunesmith.jobs import lifecycle
+from tunesmith.jobs import lifecycle, registry
 from tunesmith.jobs import store as st
 from tunesmith.jobs.launcher import LOG_FILE, LocalLauncher, exit_reason
 from tunesmith.jobs.lifecycle import add_event, attempt
-from tunesmith.jobs.store import Checkpoint, Event, File, Job, Model, Store
+from tunesmith.jobs.store import Checkpoint, Event, File, Job, Store
 from tunesmith.models import finetuned
 from tunesmith.models.loading import ensure_cached, load_renderer
 from tunesmith.train import hyper
@@ -164,7 +165,7 @@ class Worker:
     def _validate(self, job: Job) -> tuple[dict, list[str]]:
         """The job's files checked and its "auto" hyperparameters resolved, once: both are stored on
         the job and the job process trains exactly these values."""
-        base = finetuned.resolve(job.model, self.settings).base
+        base = registry.resolve(job.model, self.store, job.project_id).base
         if base not in self._renderers:
             self._renderers[base] = load_renderer(ensure_cached(base, self.settings))
         with self.store.read() as s:
@@ -226,13 +227,15 @@ class Worker:
             paths[param] = file.path if file else None
         spec = {**paths, "model": job.model, "method": TRAIN_METHOD[job.method], "suffix": job.suffix,
                 "seed": job.seed, "org": project.name, **job.hyperparameters}
+        start = registry.lookup(s, job.model, job.project_id)  # a model deleted since: fails the job
+        start = {**asdict(start), "weights": str(start.weights)} if start.weights else None
         first = job.started_at is None
         lifecycle.transition(s, job, st.RUNNING, "worker",
                              "Fine-tuning job started" if first else "Fine-tuning job resumed",
                              started_at=job.started_at or st.now(), error=None, finished_at=None)
         job_dir = self.job_dir(job.id)
         job_dir.mkdir(parents=True, exist_ok=True)
-        self.launcher.start(job.id, job_dir, {"spec": spec, "model_id": job.model_id})
+        self.launcher.start(job.id, job_dir, {"spec": spec, "model_id": job.model_id, "start": start})
 
     def _follow_running(self) -> None:
         for job_id in self.launcher.running():
@@ -305,8 +308,7 @@ class Worker:
         if not attempt(s, job, st.SUCCEEDED, "job", f"New fine-tuned model created: {name}", fine_tuned_model=name,
                        trained_tokens=result["trained_tokens"], result_files=[results_file]):
             return
-        if s.get(Model, name) is None:
-            s.add(Model(name=name, project_id=job.project_id, job_id=job.id, created_at=st.now()))
+        registry.register(s, registry.record(result["model"]), job.project_id, job.id)
         add_event(s, job.id, "The job has successfully completed")
 
     def _results_csv(self, s, job: Job) -> str:

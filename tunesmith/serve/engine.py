@@ -17,7 +17,6 @@ import torch
 
 from tunesmith.config import Settings, get_settings
 from tunesmith.errors import TunesmithError
-from tunesmith.models import finetuned
 from tunesmith.models.finetuned import ResolvedModel
 from tunesmith.models.loading import BaseInfo, ensure_cached, load_model, load_renderer
 
@@ -52,9 +51,8 @@ class Engine:
         self._full: dict[str, object] = {}
         self._stop_ids = sorted({self.renderer.end_of_turn_id, self.tokenizer.eos_token_id})
 
-    def select(self, model: str | ResolvedModel):
-        """The model object to run for ``model``, with the right adapter active."""
-        resolved = model if isinstance(model, ResolvedModel) else finetuned.resolve(model, self.settings)
+    def select(self, resolved: ResolvedModel):
+        """The model object to run for ``resolved`` (a name the registry resolved), with its adapter active."""
         if resolved.base != self.info.name:
             raise TunesmithError(f"{resolved.name} is based on {resolved.base}, not on {self.info.name}")
         if resolved.weights is None:
@@ -119,7 +117,7 @@ class Engine:
         return Reply(text[:cut], prompt_tokens, n, "stop")
 
     @torch.inference_mode()
-    def generate(self, model: str | ResolvedModel, conversations: list[list[dict] | str],
+    def generate(self, model: ResolvedModel, conversations: list[list[dict] | str],
                  sampling: Sampling | None = None, batch_size: int = 8) -> list[Reply]:
         """Answer many conversations (or raw prompts) with one model, batched."""
         sampling = sampling or Sampling()
@@ -134,7 +132,7 @@ class Engine:
             replies += [self._reply(len(p), ids, sampling.stop) for p, ids in zip(rows, new)]
         return replies
 
-    def stream(self, model: str | ResolvedModel, conversation: list[dict] | str,
+    def stream(self, model: ResolvedModel, conversation: list[dict] | str,
                sampling: Sampling | None = None) -> Iterator[str | Reply]:
         """Yield the reply piece by piece as it is generated, then one ``Reply`` with the whole of it.
 

@@ -75,6 +75,8 @@ class JobResult:
     best_checkpoint: str | None = None  # the guard's choice, which the model is
     early_stopped: bool = False
     seconds: float = 0.0
+    model: dict | None = None  # the new model's record (FineTunedModel), for the caller to register
+
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -116,16 +118,21 @@ def _validated(path: Path, spec: TrainSpec, renderer, reporter: JobReporter, min
 
 def run_job(spec: TrainSpec, reporter: JobReporter, settings: Settings | None = None,
             stop_requested: Callable[[], bool] = lambda: False, job_id: str | None = None,
-            model_id: str | None = None) -> JobResult:
+            model_id: str | None = None, start: finetuned.ResolvedModel | None = None) -> JobResult:
     """Run (or, when ``job_id``'s directory holds a resumable checkpoint, continue) one job.
 
-    ``model_id`` fixes the short id of the resulting model, so a job that is re-run after a crash
-    registers the same model again instead of a second one."""
+    ``start`` is ``spec.model`` resolved by the caller (the trainer knows no registry); None for a
+    base model. ``model_id`` fixes the short id of the resulting model, so a job that is re-run
+    after a crash registers the same model again instead of a second one. The new model's record is
+    returned in the result, and the caller registers it."""
     enforce_offline()
     check_spec(spec)
     settings = settings or get_settings()
     started = time.perf_counter()
-    start = finetuned.resolve(spec.model, settings)
+    if start is None:
+        if spec.model.startswith("ft:"):
+            raise TunesmithError(f"{spec.model}: a fine-tuned model must be resolved before training starts")
+        start = finetuned.ResolvedModel(spec.model, spec.model, None, None)
     # LoRA and DPO models are both LoRA adapters: either continues the other (SFT, then DPO).
     if start.weights is not None and _weights_kind(start.method) != _weights_kind(spec.method):
         raise TunesmithError(f"{spec.model} was tuned with method {start.method}; method {spec.method} "
@@ -199,11 +206,11 @@ def run_job(spec: TrainSpec, reporter: JobReporter, settings: Settings | None = 
     final_dir = job_dir / "model"
     shutil.rmtree(final_dir, ignore_errors=True)
     shutil.copytree(chosen.path, final_dir, ignore=shutil.ignore_patterns(loop.STATE_FILE))
-    finetuned.save(finetuned.FineTunedModel(
+    outcome.model = asdict(finetuned.FineTunedModel(
         id=short_id, name=name, base=info.name, job_id=job_id, method=spec.method,
         format=train_report.format or "chat", path=str(final_dir), created_at=int(time.time()),
         trained_tokens=result.trained_tokens, metrics=chosen.metrics,
-        checkpoints={c.step: str(c.path) for c in result.checkpoints}), settings)
+        checkpoints={c.step: str(c.path) for c in result.checkpoints}))
     outcome.fine_tuned_model = name
     outcome.checkpoints = [f"{name}:ckpt-step-{c.step}" for c in result.checkpoints]
     outcome.seconds = time.perf_counter() - started
@@ -389,8 +396,10 @@ def main(argv: list[str] | None = None) -> int:
         spec = TrainSpec(**order["spec"])
         spec.training_file = Path(spec.training_file)
         spec.validation_file = Path(spec.validation_file) if spec.validation_file else None
-        result = run_job(spec, EventReporter(EventLog(job_dir / EVENTS_FILE)),
-                         stop_requested=lambda: stop["requested"], job_id=job_dir.name, model_id=order["model_id"])
+        start = finetuned.ResolvedModel(**{**order["start"], "weights": Path(order["start"]["weights"])}) \
+            if order.get("start") else None
+        result = run_job(spec, EventReporter(EventLog(job_dir / EVENTS_FILE)), stop_requested=lambda: stop["requested"],
+                         job_id=job_dir.name, model_id=order["model_id"], start=start)
         outcome = result.as_dict()
     except TunesmithError as exc:
         outcome = {"status": "failed", "error": str(exc)}
