@@ -1,13 +1,15 @@
 """The service's state: projects, API keys, files, jobs, events, checkpoints and models.
 
-SQLite under the tunesmith home by default (WAL, so the API reads while the worker writes); any
-SQLAlchemy URL by setting. Tables hold metadata only: uploaded bytes and weights live on disk.
+SQLite under the tunesmith home by default (WAL, so the API reads while the worker writes), or
+PostgreSQL by setting the database URL. The schema is made and kept current by the Alembic revisions
+in ``jobs/migrations``. Tables hold metadata only: uploaded bytes and weights live on disk.
 """
 
 from __future__ import annotations
 
 import hashlib
 import secrets
+import sqlite3
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,12 +18,14 @@ from sqlalchemy import JSON, Boolean, ForeignKey, Integer, String, Text, UniqueC
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from tunesmith.config import Settings, get_settings
+from tunesmith.jobs import migrations
 from tunesmith.models.finetuned import new_id
 
 # Job statuses, as OpenAI names them.
 VALIDATING, QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED, PAUSED = (
     "validating_files", "queued", "running", "succeeded", "failed", "cancelled", "paused")
 ACTIVE = (VALIDATING, QUEUED, RUNNING, PAUSED)
+_BUSY_TIMEOUT_S = 30  # how long SQLite waits for another connection's lock
 
 
 def now() -> int:
@@ -60,6 +64,7 @@ class File(Base):
     purpose: Mapped[str] = mapped_column(String(32))
     bytes: Mapped[int] = mapped_column(Integer)
     path: Mapped[str] = mapped_column(Text)
+    sha256: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[int] = mapped_column(Integer, default=now)
 
 
@@ -77,6 +82,8 @@ class Job(Base):
     seed: Mapped[int] = mapped_column(Integer)
     meta: Mapped[dict | None] = mapped_column("metadata", JSON)
     status: Mapped[str] = mapped_column(String(20), default=VALIDATING, index=True)
+    # Who caused the last status change: api, worker, job, system, operator or cli.
+    status_actor: Mapped[str | None] = mapped_column(String(16))
     data_format: Mapped[str | None] = mapped_column(String(16))
     created_at: Mapped[int] = mapped_column(Integer, default=now)
     started_at: Mapped[int | None] = mapped_column(Integer)
@@ -118,14 +125,21 @@ class Checkpoint(Base):
 
 
 class Model(Base):
-    """A fine-tuned model and the project that owns it (weights and metadata: models.finetuned)."""
+    """A fine-tuned model, the project that owns it, and where its weights are."""
 
     __tablename__ = "models"
     name: Mapped[str] = mapped_column(Text, primary_key=True)
     project_id: Mapped[str] = mapped_column(ForeignKey("projects.id"), index=True)
-    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"))
+    job_id: Mapped[str | None] = mapped_column(ForeignKey("jobs.id"))  # none when `tunesmith train` made it
     created_at: Mapped[int] = mapped_column(Integer, default=now)
     deleted: Mapped[bool] = mapped_column(Boolean, default=False)
+    base: Mapped[str | None] = mapped_column(String(128))
+    method: Mapped[str | None] = mapped_column(String(16))
+    format: Mapped[str | None] = mapped_column(String(16))
+    path: Mapped[str | None] = mapped_column(Text)
+    trained_tokens: Mapped[int | None] = mapped_column(Integer)
+    metrics: Mapped[dict | None] = mapped_column(JSON)
+    checkpoints: Mapped[dict | None] = mapped_column(JSON)  # step number (a string) → weights directory
 
 
 def hash_key(key: str) -> str:
@@ -144,7 +158,7 @@ class Store:
             # Take the write lock when a transaction begins: a deferred transaction that reads and
             # then writes fails at once (not after busy_timeout) when another writer came between.
             event.listen(self.engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))
-        Base.metadata.create_all(self.engine)
+        migrations.upgrade(self.engine)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     @contextmanager
@@ -183,7 +197,17 @@ class Store:
 def _sqlite_pragmas(connection, _record) -> None:
     connection.isolation_level = None  # pysqlite must not emit its own BEGIN (see "begin" above)
     cursor = connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_S * 1000}")
+    # Two processes opening a new database at once: one's switch to WAL can fail at once with
+    # "database is locked" (SQLite does not wait busy_timeout there), so it tries again.
+    deadline = time.monotonic() + _BUSY_TIMEOUT_S
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            break
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
