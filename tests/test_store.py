@@ -1,4 +1,5 @@
-"""The store's migrations: from nothing, and from a database made before them."""
+"""The store's migrations: from nothing, and from a database made before them. On SQLite and, where
+installed, PostgreSQL."""
 
 from __future__ import annotations
 
@@ -25,9 +26,10 @@ KEYS = {"alpha": "sk-ts-fixture-alpha-0000000000000000000000000",
         "beta": "sk-ts-fixture-beta-00000000000000000000000000"}
 
 
-@pytest.fixture
-def settings(tmp_path) -> Settings:
-    return Settings(home=tmp_path)
+@pytest.fixture(params=["sqlite", "postgresql"])
+def settings(request, tmp_path) -> Settings:
+    url = request.getfixturevalue("postgres").create_database() if request.param == "postgresql" else None
+    return Settings(home=tmp_path, database_url=url)
 
 
 @pytest.fixture

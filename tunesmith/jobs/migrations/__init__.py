@@ -12,10 +12,12 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, Engine, inspect
+from sqlalchemy import Connection, Engine, inspect, text
 
 # The revision whose schema tunesmith made with ``create_all`` before it had migrations.
 INITIAL = "0001_initial"
+# Any constant: the key of the PostgreSQL advisory lock that serialises two upgrading processes.
+_PG_LOCK_KEY = 0x7475_6E65  # "tune"
 # Alembic's ``context`` and ``op`` are module globals: two upgrades at once in one process, even of
 # two databases, would run each other's revisions.
 _one_at_a_time = threading.Lock()
@@ -41,6 +43,8 @@ def upgrade(engine: Engine) -> None:
     # On SQLite the store's "begin" hook makes this BEGIN IMMEDIATE: a second process starting at
     # the same time waits for the write lock, then finds the schema at head and has nothing to do.
     with _one_at_a_time, engine.begin() as connection:
+        if connection.dialect.name == "postgresql":
+            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_LOCK_KEY})
         tables = inspect(connection).get_table_names()
         cfg = config(connection)
         if "jobs" in tables and "alembic_version" not in tables:
