@@ -1,5 +1,5 @@
-"""The store's migrations: from nothing, and from a database made before them. On SQLite and, where
-installed, PostgreSQL."""
+"""The store: its migrations (from nothing, and from a database made before them), and read-only
+versus read-write transactions. On SQLite and, where installed, PostgreSQL."""
 
 from __future__ import annotations
 
@@ -15,10 +15,11 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import select
+from sqlalchemy.exc import DBAPIError
 
 from tunesmith.config import Settings
 from tunesmith.jobs import migrations
-from tunesmith.jobs.store import ApiKey, Base, Checkpoint, Event, File, Job, Model, Store
+from tunesmith.jobs.store import ApiKey, Base, Checkpoint, Event, File, Job, Model, Project, Store
 
 FIXTURE = Path(__file__).parent / "fixtures" / "store-v0.db"
 # The plaintext keys whose hashes tests/fixtures/make_store_v0.py stored in the fixture.
@@ -100,7 +101,7 @@ def test_database_from_before_migrations_is_upgraded_keeping_every_row(tmp_path)
     schema_check(store)
     assert store.project_for_key(KEYS["alpha"]).name == "alpha"
     assert store.project_for_key(KEYS["beta"]).name == "beta"
-    with store.session() as s:
+    with store.read() as s:
         assert s.scalars(select(ApiKey.project_id).order_by(ApiKey.id)).all() == ["proj_alpha", "proj_beta"]
         files = {f.id: f for f in s.scalars(select(File))}
         assert {i: (f.project_id, f.bytes, f.sha256) for i, f in files.items()} == {
@@ -129,6 +130,40 @@ def test_database_from_before_migrations_is_upgraded_keeping_every_row(tmp_path)
                 model.checkpoints) == (None,) * 7
     with store.session() as s:  # a model without a job can now be registered
         s.add(Model(name="ft:cli-made", project_id="proj_alpha", job_id=None, checkpoints={"10": "/w/10"}))
-    with store.session() as s:
+    with store.read() as s:
         assert s.get(Model, "ft:cli-made").checkpoints == {"10": "/w/10"}
     store.engine.dispose()
+
+
+def test_read_does_not_wait_for_a_writer(open_store):
+    store = open_store()
+    holding, release = threading.Event(), threading.Event()
+
+    def writer():
+        with store.session() as s:
+            store.project(s, "writer")
+            holding.set()
+            release.wait(5)  # let go after 5 s even if the read below is stuck behind it
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        assert holding.wait(10)
+        start = time.monotonic()
+        with store.read() as s:
+            assert s.scalar(select(Project).where(Project.name == "writer")) is None  # not committed yet
+        elapsed = time.monotonic() - start
+    finally:
+        release.set()
+        thread.join()
+    assert elapsed < 1
+
+
+def test_writing_in_a_read_transaction_fails(open_store):
+    store = open_store()
+    with pytest.raises(DBAPIError, match="read.?only"), store.read() as s:
+        s.add(Project(id="proj_x", name="x", created_at=0))
+    with store.read() as s:  # the connection went back to the pool: it reads and writes as before
+        assert s.scalar(select(Project)) is None
+    with store.session() as s:
+        store.project(s, "x")

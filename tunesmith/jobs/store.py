@@ -14,7 +14,8 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from sqlalchemy import JSON, Boolean, ForeignKey, Integer, String, Text, UniqueConstraint, create_engine, event, select
+from sqlalchemy import (JSON, Boolean, Connection, ForeignKey, Integer, String, Text, UniqueConstraint, create_engine,
+                        event, select)
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from tunesmith.config import Settings, get_settings
@@ -26,6 +27,7 @@ VALIDATING, QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED, PAUSED = (
     "validating_files", "queued", "running", "succeeded", "failed", "cancelled", "paused")
 ACTIVE = (VALIDATING, QUEUED, RUNNING, PAUSED)
 _BUSY_TIMEOUT_S = 30  # how long SQLite waits for another connection's lock
+_READ_ONLY = "tunesmith_read_only"  # execution option that marks the transactions of Store.read()
 
 
 def now() -> int:
@@ -155,16 +157,25 @@ class Store:
         self.engine = create_engine(url)
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
-            # Take the write lock when a transaction begins: a deferred transaction that reads and
-            # then writes fails at once (not after busy_timeout) when another writer came between.
-            event.listen(self.engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))
+        event.listen(self.engine, "begin", _begin)
         migrations.upgrade(self.engine)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._reads = sessionmaker(self.engine.execution_options(**{_READ_ONLY: True}), expire_on_commit=False)
 
     @contextmanager
     def session(self) -> Iterator[Session]:
-        """One transaction: committed when the block ends, rolled back if it raises."""
+        """A read-write transaction: committed when the block ends, rolled back if it raises.
+
+        On SQLite it holds the write lock from its start: a transaction that reads and then writes
+        cannot fail midway because another writer came between (it waits its turn instead).
+        """
         with self._sessions.begin() as session:
+            yield session
+
+    @contextmanager
+    def read(self) -> Iterator[Session]:
+        """A read-only transaction (writing in it raises): it never waits for a writer's lock."""
+        with self._reads.begin() as session:
             yield session
 
     def project(self, session: Session, name: str) -> Project:
@@ -186,16 +197,28 @@ class Store:
         return key
 
     def has_keys(self) -> bool:
-        with self.session() as s:
+        with self.read() as s:
             return s.scalar(select(ApiKey.id).limit(1)) is not None
 
     def project_for_key(self, key: str) -> Project | None:
-        with self.session() as s:
+        with self.read() as s:
             return s.scalar(select(Project).join(ApiKey).where(ApiKey.key_hash == hash_key(key)))
 
 
+def _begin(connection: Connection) -> None:
+    """Open a transaction as ``Store.session()`` or ``Store.read()`` wants it."""
+    read_only = connection.get_execution_options().get(_READ_ONLY, False)
+    if connection.dialect.name == "sqlite":
+        # query_only is a property of the connection, so every transaction sets it (pooled
+        # connections serve both kinds). A read begins deferred: under WAL it never takes a lock.
+        connection.exec_driver_sql(f"PRAGMA query_only={int(read_only)}")
+        connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
+    elif read_only and connection.dialect.name == "postgresql":
+        connection.exec_driver_sql("SET TRANSACTION READ ONLY")
+
+
 def _sqlite_pragmas(connection, _record) -> None:
-    connection.isolation_level = None  # pysqlite must not emit its own BEGIN (see "begin" above)
+    connection.isolation_level = None  # pysqlite must not emit its own BEGIN (_begin does)
     cursor = connection.cursor()
     cursor.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_S * 1000}")
     # Two processes opening a new database at once: one's switch to WAL can fail at once with
