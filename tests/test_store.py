@@ -1,5 +1,5 @@
-"""The store: its migrations (from nothing, and from a database made before them), and read-only
-versus read-write transactions. On SQLite and, where installed, PostgreSQL."""
+"""The store: its migrations (from nothing, and from a database made before them), read-only versus
+read-write transactions, and claiming queued jobs. On SQLite and, where installed, PostgreSQL."""
 
 from __future__ import annotations
 
@@ -19,7 +19,8 @@ from sqlalchemy.exc import DBAPIError
 
 from tunesmith.config import Settings
 from tunesmith.jobs import migrations
-from tunesmith.jobs.store import ApiKey, Base, Checkpoint, Event, File, Job, Model, Project, Store
+from tunesmith.jobs.store import (QUEUED, RUNNING, ApiKey, Base, Checkpoint, Event, File, Job, Model, Project, Store,
+                                  claim_queued)
 
 FIXTURE = Path(__file__).parent / "fixtures" / "store-v0.db"
 # The plaintext keys whose hashes tests/fixtures/make_store_v0.py stored in the fixture.
@@ -52,6 +53,17 @@ def schema_check(store: Store) -> None:
     with store.engine.connect() as connection:
         assert migrations.current(connection) == migrations.head()
         assert compare_metadata(MigrationContext.configure(connection), Base.metadata) == []
+
+
+def add_queued(store: Store, project: str, *created_at: int) -> list[str]:
+    ids = []
+    with store.session() as s:
+        project_id = store.project(s, project).id
+        for t in created_at:
+            ids.append(f"ftjob-{project}-{t}")
+            s.add(Job(id=ids[-1], project_id=project_id, model="m", training_file="file-x", seed=0, model_id="x",
+                      status=QUEUED, created_at=t))
+    return ids
 
 
 def test_new_database_is_made_at_head_as_the_orm_declares(open_store):
@@ -167,3 +179,52 @@ def test_writing_in_a_read_transaction_fails(open_store):
         assert s.scalar(select(Project)) is None
     with store.session() as s:
         store.project(s, "x")
+
+
+def test_claim_takes_queued_jobs_round_robin_across_projects(open_store):
+    store = open_store()
+    a = add_queued(store, "a", 100, 103, 105, 107, 109)
+    b = add_queued(store, "b", 104)
+    c = add_queued(store, "c", 101, 102)
+    with store.session() as s:  # older than every queued job, but running: not claimable
+        s.get(Job, add_queued(store, "b", 50)[0]).status = RUNNING
+    with store.session() as s:
+        assert [j.id for j in claim_queued(s, 4)] == [a[0], c[0], b[0], a[1]]
+        assert [j.id for j in claim_queued(s, 100)] == [a[0], c[0], b[0], a[1], c[1], *a[2:]]
+        assert {j.status for j in claim_queued(s, 100)} == {QUEUED}  # the caller moves them on
+        assert claim_queued(s, 0) == []
+
+
+def test_two_workers_claim_every_job_exactly_once(open_store):
+    setup = open_store()
+    queued = [job for i in range(4) for job in add_queued(setup, f"p{i}", *range(10 * i, 10 * i + 5))]
+    workers = [open_store(), open_store()]
+    claimed: list[list[str]] = [[], []]
+    barrier, errors = threading.Barrier(2), []
+
+    def work(n: int) -> None:
+        try:
+            barrier.wait()
+            while True:
+                with workers[n].session() as s:
+                    jobs = claim_queued(s, 1)
+                    for job in jobs:
+                        job.status = RUNNING  # the lifecycle module's part, done directly in this test
+                    time.sleep(0.005)  # a worker's work in the claiming transaction
+                if not jobs:
+                    return
+                claimed[n] += [job.id for job in jobs]
+                time.sleep(0.01)  # a worker's poll interval: the other gets its turn at the lock
+        except Exception as e:  # noqa: BLE001 (reported below)
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert sorted(claimed[0] + claimed[1]) == sorted(queued)  # each once
+    assert claimed[0] and claimed[1]
+    with setup.read() as s:
+        assert set(s.scalars(select(Job.status))) == {RUNNING}

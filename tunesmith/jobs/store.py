@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from sqlalchemy import (JSON, Boolean, Connection, ForeignKey, Integer, String, Text, UniqueConstraint, create_engine,
-                        event, select)
+                        event, func, select)
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from tunesmith.config import Settings, get_settings
@@ -203,6 +203,36 @@ class Store:
     def project_for_key(self, key: str) -> Project | None:
         with self.read() as s:
             return s.scalar(select(Project).join(ApiKey).where(ApiKey.key_hash == hash_key(key)))
+
+
+def claim_queued(session: Session, limit: int) -> list[Job]:
+    """Up to ``limit`` queued jobs for the caller to start, taken round-robin across projects.
+
+    First the oldest queued job of each project (projects in the order of their oldest queued job),
+    then each project's second-oldest, and so on: one project's long queue cannot starve another's
+    single job. Call it inside ``Store.session()`` and move the jobs on in that same transaction:
+    their status is left as it is. On PostgreSQL the jobs are locked FOR UPDATE SKIP LOCKED, so two
+    workers never claim the same job; on SQLite the write transaction already serialises claimers.
+    """
+    project = {"partition_by": Job.project_id}
+    turn = func.row_number().over(order_by=(Job.created_at, Job.id), **project)
+    project_oldest = func.min(Job.created_at).over(**project)
+    order = session.scalars(select(Job.id).where(Job.status == QUEUED)
+                            .order_by(turn, project_oldest, Job.project_id)).all()
+    # Ranked first, then locked in that order, no more rows than still wanted: PostgreSQL allows no
+    # FOR UPDATE with window functions, and a job that another worker holds (or has just started)
+    # is passed over for the next one rather than waited for.
+    claimed: list[Job] = []
+    position = 0
+    while len(claimed) < limit and position < len(order):
+        ids = order[position:position + limit - len(claimed)]
+        position += len(ids)
+        # populate_existing: a job this session loaded before is refreshed from the locked row.
+        locked = {job.id: job for job in session.scalars(
+            select(Job).where(Job.id.in_(ids), Job.status == QUEUED).with_for_update(skip_locked=True)
+            .execution_options(populate_existing=True))}
+        claimed += [locked[i] for i in ids if i in locked]
+    return claimed
 
 
 def _begin(connection: Connection) -> None:
