@@ -10,6 +10,7 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ["TUNESMITH_HOME"] = os.environ.get("TUNESMITH_TEST_HOME") or tempfile.mkdtemp(prefix="tunesmith-test-")
 
 import pytest  # noqa: E402
+from pg import postgres  # noqa: E402,F401  (the session's throwaway PostgreSQL server)
 
 SMOL = "smollm2-135m-instruct"
 

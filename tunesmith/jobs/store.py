@@ -1,27 +1,33 @@
 """The service's state: projects, API keys, files, jobs, events, checkpoints and models.
 
-SQLite under the tunesmith home by default (WAL, so the API reads while the worker writes); any
-SQLAlchemy URL by setting. Tables hold metadata only: uploaded bytes and weights live on disk.
+SQLite under the tunesmith home by default (WAL, so the API reads while the worker writes), or
+PostgreSQL by setting the database URL. The schema is made and kept current by the Alembic revisions
+in ``jobs/migrations``. Tables hold metadata only: uploaded bytes and weights live on disk.
 """
 
 from __future__ import annotations
 
 import hashlib
 import secrets
+import sqlite3
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from sqlalchemy import JSON, Boolean, ForeignKey, Integer, String, Text, UniqueConstraint, create_engine, event, select
+from sqlalchemy import (JSON, Boolean, Connection, ForeignKey, Integer, String, Text, UniqueConstraint, create_engine,
+                        event, func, select)
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from tunesmith.config import Settings, get_settings
+from tunesmith.jobs import migrations
 from tunesmith.models.finetuned import new_id
 
 # Job statuses, as OpenAI names them.
 VALIDATING, QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED, PAUSED = (
     "validating_files", "queued", "running", "succeeded", "failed", "cancelled", "paused")
 ACTIVE = (VALIDATING, QUEUED, RUNNING, PAUSED)
+_BUSY_TIMEOUT_S = 30  # how long SQLite waits for another connection's lock
+_READ_ONLY = "tunesmith_read_only"  # execution option that marks the transactions of Store.read()
 
 
 def now() -> int:
@@ -60,6 +66,7 @@ class File(Base):
     purpose: Mapped[str] = mapped_column(String(32))
     bytes: Mapped[int] = mapped_column(Integer)
     path: Mapped[str] = mapped_column(Text)
+    sha256: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[int] = mapped_column(Integer, default=now)
 
 
@@ -77,6 +84,7 @@ class Job(Base):
     seed: Mapped[int] = mapped_column(Integer)
     meta: Mapped[dict | None] = mapped_column("metadata", JSON)
     status: Mapped[str] = mapped_column(String(20), default=VALIDATING, index=True)
+    # Who caused the last status change: api, worker, job, system, operator or cli.
     status_actor: Mapped[str | None] = mapped_column(String(16))
     data_format: Mapped[str | None] = mapped_column(String(16))
     created_at: Mapped[int] = mapped_column(Integer, default=now)
@@ -119,12 +127,12 @@ class Checkpoint(Base):
 
 
 class Model(Base):
-    """A fine-tuned model, the project that owns it and where its weights are (jobs/registry.py)."""
+    """A fine-tuned model, the project that owns it, and where its weights are."""
 
     __tablename__ = "models"
     name: Mapped[str] = mapped_column(Text, primary_key=True)
     project_id: Mapped[str] = mapped_column(ForeignKey("projects.id"), index=True)
-    job_id: Mapped[str | None] = mapped_column(ForeignKey("jobs.id"))  # None: trained by `tunesmith train`
+    job_id: Mapped[str | None] = mapped_column(ForeignKey("jobs.id"))  # none when `tunesmith train` made it
     created_at: Mapped[int] = mapped_column(Integer, default=now)
     deleted: Mapped[bool] = mapped_column(Boolean, default=False)
     base: Mapped[str | None] = mapped_column(String(128))
@@ -133,7 +141,7 @@ class Model(Base):
     path: Mapped[str | None] = mapped_column(Text)
     trained_tokens: Mapped[int | None] = mapped_column(Integer)
     metrics: Mapped[dict | None] = mapped_column(JSON)
-    checkpoints: Mapped[dict | None] = mapped_column(JSON)  # step (as text) → weights directory
+    checkpoints: Mapped[dict | None] = mapped_column(JSON)  # step number (a string) → weights directory
 
 
 def hash_key(key: str) -> str:
@@ -149,21 +157,25 @@ class Store:
         self.engine = create_engine(url)
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
-            # Take the write lock when a transaction begins: a deferred transaction that reads and
-            # then writes fails at once (not after busy_timeout) when another writer came between.
-            event.listen(self.engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))
-        Base.metadata.create_all(self.engine)
+        event.listen(self.engine, "begin", _begin)
+        migrations.upgrade(self.engine)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._reads = sessionmaker(self.engine.execution_options(**{_READ_ONLY: True}), expire_on_commit=False)
 
     @contextmanager
     def session(self) -> Iterator[Session]:
-        """One transaction: committed when the block ends, rolled back if it raises."""
+        """A read-write transaction: committed when the block ends, rolled back if it raises.
+
+        On SQLite it holds the write lock from its start: a transaction that reads and then writes
+        cannot fail midway because another writer came between (it waits its turn instead).
+        """
         with self._sessions.begin() as session:
             yield session
 
     @contextmanager
-    def read(self) -> Iterator[Session]:  # PROVISIONAL: replaced by the migrations branch
-        with self._sessions.begin() as session:
+    def read(self) -> Iterator[Session]:
+        """A read-only transaction (writing in it raises): it never waits for a writer's lock."""
+        with self._reads.begin() as session:
             yield session
 
     def project(self, session: Session, name: str) -> Project:
@@ -185,22 +197,70 @@ class Store:
         return key
 
     def has_keys(self) -> bool:
-        with self.session() as s:
+        with self.read() as s:
             return s.scalar(select(ApiKey.id).limit(1)) is not None
 
     def project_for_key(self, key: str) -> Project | None:
-        with self.session() as s:
+        with self.read() as s:
             return s.scalar(select(Project).join(ApiKey).where(ApiKey.key_hash == hash_key(key)))
 
 
-def claim_queued(session: Session, limit: int) -> list[Job]:  # PROVISIONAL: replaced by the migrations branch
-    return list(session.scalars(select(Job).where(Job.status == QUEUED).order_by(Job.created_at).limit(limit)))
+def claim_queued(session: Session, limit: int) -> list[Job]:
+    """Up to ``limit`` queued jobs for the caller to start, taken round-robin across projects.
+
+    First the oldest queued job of each project (projects in the order of their oldest queued job),
+    then each project's second-oldest, and so on: one project's long queue cannot starve another's
+    single job. Call it inside ``Store.session()`` and move the jobs on in that same transaction:
+    their status is left as it is. On PostgreSQL the jobs are locked FOR UPDATE SKIP LOCKED, so two
+    workers never claim the same job; on SQLite the write transaction already serialises claimers.
+    """
+    project = {"partition_by": Job.project_id}
+    turn = func.row_number().over(order_by=(Job.created_at, Job.id), **project)
+    project_oldest = func.min(Job.created_at).over(**project)
+    order = session.scalars(select(Job.id).where(Job.status == QUEUED)
+                            .order_by(turn, project_oldest, Job.project_id)).all()
+    # Ranked first, then locked in that order, no more rows than still wanted: PostgreSQL allows no
+    # FOR UPDATE with window functions, and a job that another worker holds (or has just started)
+    # is passed over for the next one rather than waited for.
+    claimed: list[Job] = []
+    position = 0
+    while len(claimed) < limit and position < len(order):
+        ids = order[position:position + limit - len(claimed)]
+        position += len(ids)
+        # populate_existing: a job this session loaded before is refreshed from the locked row.
+        locked = {job.id: job for job in session.scalars(
+            select(Job).where(Job.id.in_(ids), Job.status == QUEUED).with_for_update(skip_locked=True)
+            .execution_options(populate_existing=True))}
+        claimed += [locked[i] for i in ids if i in locked]
+    return claimed
+
+
+def _begin(connection: Connection) -> None:
+    """Open a transaction as ``Store.session()`` or ``Store.read()`` wants it."""
+    read_only = connection.get_execution_options().get(_READ_ONLY, False)
+    if connection.dialect.name == "sqlite":
+        # query_only is a property of the connection, so every transaction sets it (pooled
+        # connections serve both kinds). A read begins deferred: under WAL it never takes a lock.
+        connection.exec_driver_sql(f"PRAGMA query_only={int(read_only)}")
+        connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
+    elif read_only and connection.dialect.name == "postgresql":
+        connection.exec_driver_sql("SET TRANSACTION READ ONLY")
 
 
 def _sqlite_pragmas(connection, _record) -> None:
-    connection.isolation_level = None  # pysqlite must not emit its own BEGIN (see "begin" above)
+    connection.isolation_level = None  # pysqlite must not emit its own BEGIN (_begin does)
     cursor = connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_S * 1000}")
+    # Two processes opening a new database at once: one's switch to WAL can fail at once with
+    # "database is locked" (SQLite does not wait busy_timeout there), so it tries again.
+    deadline = time.monotonic() + _BUSY_TIMEOUT_S
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            break
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
