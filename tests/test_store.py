@@ -3,6 +3,7 @@ read-write transactions, and claiming queued jobs. On SQLite and, where installe
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -18,7 +19,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError
 
 from tunesmith.config import Settings
-from tunesmith.jobs import migrations
+from tunesmith.jobs import migrations, registry
 from tunesmith.jobs.store import (QUEUED, RUNNING, ApiKey, Base, Checkpoint, Event, File, Job, Model, Project, Store,
                                   claim_queued)
 
@@ -107,8 +108,20 @@ def test_threads_opening_different_databases_at_once_all_succeed(tmp_path):
         store.engine.dispose()
 
 
+def legacy_model_file(home: Path, name: str, job_id: str) -> None:
+    """A model's metadata as tunesmith kept it before the store was its registry."""
+    (home / "models").mkdir(exist_ok=True)
+    (home / "models" / f"{name.rsplit(':', 1)[1]}.json").write_text(json.dumps({
+        "id": name.rsplit(":", 1)[1], "name": name, "base": "smollm2-135m-instruct", "job_id": job_id,
+        "method": "lora", "format": "chat", "path": f"/w/{job_id}/model", "created_at": 7, "trained_tokens": 4096,
+        "checkpoints": {"1": f"/w/{job_id}/1"}, "metrics": {"train_loss": 1.5}}))
+
+
 def test_database_from_before_migrations_is_upgraded_keeping_every_row(tmp_path):
     shutil.copy(FIXTURE, tmp_path / "tunesmith.db")
+    legacy_model_file(tmp_path, "ft:smollm2-135m-instruct:local:v0:done1", "ftjob-done")  # the API's model
+    legacy_model_file(tmp_path, "ft:smollm2-135m-instruct:local:cli:cli1", "ftjob-notinstore")  # `tunesmith train`'s
+    (tmp_path / "models" / "torn.json").write_text('{"name": "ft:')
     store = Store(Settings(home=tmp_path))
     schema_check(store)
     assert store.project_for_key(KEYS["alpha"]).name == "alpha"
@@ -135,11 +148,17 @@ def test_database_from_before_migrations_is_upgraded_keeping_every_row(tmp_path)
         (ckpt,) = s.scalars(select(Checkpoint)).all()
         assert (ckpt.job_id, ckpt.step, ckpt.path, ckpt.metrics) == (
             "ftjob-done", 1, "/srv/tunesmith/ckpt/1", {"step": 1, "train_loss": 1.5})
-        (model,) = s.scalars(select(Model)).all()
+        cli_model, model = s.scalars(select(Model).order_by(Model.name)).all()
         assert (model.name, model.project_id, model.job_id, model.deleted) == (
             "ft:smollm2-135m-instruct:local:v0:done1", "proj_alpha", "ftjob-done", False)
+        # the models' metadata files became their rows: the store is the one registry now
         assert (model.base, model.method, model.format, model.path, model.trained_tokens, model.metrics,
-                model.checkpoints) == (None,) * 7
+                model.checkpoints) == ("smollm2-135m-instruct", "lora", "chat", "/w/ftjob-done/model", 4096,
+                                       {"train_loss": 1.5}, {"1": "/w/ftjob-done/1"})
+        assert (cli_model.name, cli_model.job_id, s.get(Project, cli_model.project_id).name) == (
+            "ft:smollm2-135m-instruct:local:cli:cli1", None, "local")
+    resolved = registry.resolve("ft:smollm2-135m-instruct:local:cli:cli1:ckpt-step-1", store)
+    assert (resolved.base, resolved.weights) == ("smollm2-135m-instruct", Path("/w/ftjob-notinstore/1"))
     with store.session() as s:  # a model without a job can now be registered
         s.add(Model(name="ft:cli-made", project_id="proj_alpha", job_id=None, checkpoints={"10": "/w/10"}))
     with store.read() as s:

@@ -7,6 +7,7 @@ whole upgrade runs in the one transaction the store opened, holding the database
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
@@ -23,10 +24,11 @@ _PG_LOCK_KEY = 0x7475_6E65  # "tune"
 _one_at_a_time = threading.Lock()
 
 
-def config(connection: Connection | None = None) -> Config:
+def config(connection: Connection | None = None, home: Path | None = None) -> Config:
     cfg = Config()
     cfg.set_main_option("script_location", "tunesmith.jobs:migrations")
     cfg.attributes["connection"] = connection
+    cfg.attributes["home"] = home  # for revisions that move what an older tunesmith kept in files
     return cfg
 
 
@@ -38,7 +40,7 @@ def current(connection: Connection) -> str | None:
     return MigrationContext.configure(connection).get_current_revision()
 
 
-def upgrade(engine: Engine) -> None:
+def upgrade(engine: Engine, home: Path | None = None) -> None:
     """Bring the database to the newest revision; a database from before migrations is adopted."""
     # On SQLite the store's "begin" hook makes this BEGIN IMMEDIATE: a second process starting at
     # the same time waits for the write lock, then finds the schema at head and has nothing to do.
@@ -46,7 +48,7 @@ def upgrade(engine: Engine) -> None:
         if connection.dialect.name == "postgresql":
             connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_LOCK_KEY})
         tables = inspect(connection).get_table_names()
-        cfg = config(connection)
+        cfg = config(connection, home)
         if "jobs" in tables and "alembic_version" not in tables:
             command.stamp(cfg, INITIAL)  # made by create_all: its schema is revision 1's
         command.upgrade(cfg, "head")
