@@ -54,3 +54,10 @@ def write_jsonl(path: Path, rows) -> Path:
 def chat_row(user: str, assistant: str, system: str | None = "You are terse.") -> dict:
     msgs = [{"role": "system", "content": system}] if system else []
     return {"messages": msgs + [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]}
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request) -> str | None:
+    """Each store-backed test runs on both databases: SQLite in the home (None), and a fresh database
+    on the session's throwaway PostgreSQL server (skipped where PostgreSQL is not installed)."""
+    return request.getfixturevalue("postgres").create_database() if request.param == "postgresql" else None

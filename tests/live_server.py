@@ -27,8 +27,9 @@ def new_home(tmp: Path) -> Path:
 
 
 class LiveServer:
-    def __init__(self, home: Path):
+    def __init__(self, home: Path, database_url: str | None = None):
         self.home = home
+        self.database_url = database_url
         self.port = free_port()
         self.proc: subprocess.Popen | None = None
 
@@ -38,7 +39,8 @@ class LiveServer:
 
     @property
     def env(self) -> dict[str, str]:
-        return {**os.environ, "TUNESMITH_HOME": str(self.home), "HF_HUB_OFFLINE": "1"}
+        env = {**os.environ, "TUNESMITH_HOME": str(self.home), "HF_HUB_OFFLINE": "1"}
+        return {**env, "TUNESMITH_DATABASE_URL": self.database_url} if self.database_url else env
 
     def cli(self, *args: str) -> str:
         done = subprocess.run([sys.executable, "-m", "tunesmith.cli", *args], env=self.env, capture_output=True,

@@ -418,6 +418,26 @@ def test_sigterm_pauses_jobs_a_second_server_is_refused_and_a_killed_job_resumes
         srv.stop()
 
 
+def test_a_server_on_postgresql_trains_serves_and_deletes_a_model(tmp_path, data, postgres, smol_info):
+    srv = LiveServer(new_home(tmp_path), database_url=postgres.create_database()).start()
+    try:
+        client = openai.OpenAI(base_url=srv.base_url, api_key="local", max_retries=0)
+        train = client.files.create(file=data["train"].open("rb"), purpose="fine-tune")
+        job = finished(client, client.fine_tuning.jobs.create(
+            model=SMOL, training_file=train.id, suffix="pg", hyperparameters={"n_epochs": 1, "batch_size": 10}).id)
+        assert job.status == "succeeded", job.error
+        assert [c.step_number for c in client.fine_tuning.jobs.checkpoints.list(job.id).data] == [2]
+        reply = client.chat.completions.create(model=job.fine_tuned_model, max_tokens=4,
+                                               messages=[{"role": "user", "content": "Name a colour, number 1."}])
+        assert reply.usage.completion_tokens > 0
+        assert job.fine_tuned_model in [m.id for m in client.models.list().data]
+        assert client.models.delete(job.fine_tuned_model).deleted
+        assert not (srv.home / "jobs" / job.id / "model").exists()
+        assert not (srv.home / "tunesmith.db").exists()  # everything went to PostgreSQL
+    finally:
+        srv.stop()
+
+
 def stored_files(srv: LiveServer) -> list:
     """The files as the store holds them, read while the server is down."""
     from sqlalchemy import select

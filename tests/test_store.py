@@ -29,10 +29,9 @@ KEYS = {"alpha": "sk-ts-fixture-alpha-0000000000000000000000000",
         "beta": "sk-ts-fixture-beta-00000000000000000000000000"}
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def settings(request, tmp_path) -> Settings:
-    url = request.getfixturevalue("postgres").create_database() if request.param == "postgresql" else None
-    return Settings(home=tmp_path, database_url=url)
+@pytest.fixture
+def settings(database_url, tmp_path) -> Settings:
+    return Settings(home=tmp_path, database_url=database_url)
 
 
 @pytest.fixture

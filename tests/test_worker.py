@@ -1,10 +1,12 @@
 """The worker under faults, without training: job processes are stood in for by a fake launcher.
 
 Each test injects one fault into one job and checks what its owner sees (status, error, events)
-and that another job, created after it, still goes through the queue.
+and that another job, created after it, still goes through the queue. On SQLite and PostgreSQL.
 """
 
 import json
+import os
+from pathlib import Path
 
 import pytest
 from sqlalchemy import select
@@ -50,18 +52,13 @@ class FakeLauncher:
 
 
 @pytest.fixture
-def worker(tmp_path, smol_info):
+def worker(tmp_path, smol_info, database_url):
     home = tmp_path / "home"
     home.mkdir()
-    (home / "base").symlink_to(smol_info_home())
-    return Worker(Store(Settings(home=home, max_running_jobs=1)), launcher=FakeLauncher())
-
-
-def smol_info_home():
-    import os
-    from pathlib import Path
-
-    return Path(os.environ["TUNESMITH_HOME"]) / "base"
+    (home / "base").symlink_to(Path(os.environ["TUNESMITH_HOME"]) / "base")  # the session's converted model
+    store = Store(Settings(home=home, max_running_jobs=1, database_url=database_url))
+    yield Worker(store, launcher=FakeLauncher())
+    store.engine.dispose()
 
 
 def upload(worker: Worker, lines: list, name: str = "train.jsonl") -> str:
@@ -81,7 +78,7 @@ def good_file(worker: Worker) -> str:
 def create_job(worker: Worker, file_id: str, project: str = "p", created_at: int | None = None) -> str:
     with worker.store.session() as s:
         job = Job(id=st.make_id("ftjob-"), project_id=worker.store.project(s, project).id,
-                  model="smollm2-135m-instruct", training_file=file_id, seed=1, model_id=st.make_id(""),
+                  model="smollm2-135m-instruct", training_file=file_id, seed=1, model_id=st.make_id("")[:8],
                   hyperparameters={"n_epochs": "auto"}, created_at=created_at or st.now())
         s.add(job)
         return job.id
