@@ -323,15 +323,24 @@ def test_other_project_sees_nothing(alpha, beta, server, done_job):
     assert job.fine_tuned_model not in http.get("/models").text
 
 
+def keyless_job(srv: LiveServer, data: dict):
+    """A client of a keyless server, and a job of 30 steps (20 lines, 3 epochs of batch 2) it created."""
+    client = openai.OpenAI(base_url=srv.base_url, api_key="local", max_retries=0)
+    train = client.files.create(file=data["train"].open("rb"), purpose="fine-tune")
+    return client, client.fine_tuning.jobs.create(model=SMOL, training_file=train.id, seed=3,
+                                                  hyperparameters={"n_epochs": 3, "batch_size": 2})
+
+
+def metric_events(client, job_id: str) -> list:
+    return [e for e in all_events(client, job_id) if e.type == "metrics"]
+
+
 def test_kill_9_mid_training_then_restart_resumes_and_loses_nothing(tmp_path, data, smol_info):
     srv = LiveServer(new_home(tmp_path)).start()
     try:
-        client = openai.OpenAI(base_url=srv.base_url, api_key="local", max_retries=0)
-        train = client.files.create(file=data["train"].open("rb"), purpose="fine-tune")
-        job = client.fine_tuning.jobs.create(model=SMOL, training_file=train.id, seed=3,
-                                             hyperparameters={"n_epochs": 3, "batch_size": 2})  # 30 steps
+        client, job = keyless_job(srv, data)
         # past the first epoch's checkpoint, in the middle of the second epoch
-        wait_for(lambda: [e for e in all_events(client, job.id) if e.type == "metrics"], lambda m: len(m) >= 13)
+        wait_for(lambda: metric_events(client, job.id), lambda m: len(m) >= 13)
         srv.kill_group()
         before = sorted(f.id for f in stored_files(srv))
         srv.start()
@@ -375,13 +384,10 @@ def test_sigterm_pauses_jobs_a_second_server_is_refused_and_a_killed_job_resumes
     the likely cause, then resumed by the client). The job ends with each step trained once."""
     srv = LiveServer(new_home(tmp_path)).start()
     try:
-        client = openai.OpenAI(base_url=srv.base_url, api_key="local", max_retries=0)
-        train = client.files.create(file=data["train"].open("rb"), purpose="fine-tune")
-        job = client.fine_tuning.jobs.create(model=SMOL, training_file=train.id, seed=3,
-                                             hyperparameters={"n_epochs": 3, "batch_size": 2})  # 30 steps
+        client, job = keyless_job(srv, data)
 
         def metrics() -> list:
-            return [e for e in all_events(client, job.id) if e.type == "metrics"]
+            return metric_events(client, job.id)
 
         wait_for(metrics, lambda m: len(m) >= 3)
         second = subprocess.run([sys.executable, "-m", "tunesmith.cli", "serve", "--port", str(free_port())],

@@ -54,6 +54,8 @@ def friendly_errors(fn):
 @friendly_errors
 def models() -> None:
     """List base models and fine-tuned models (every project's: this is the server's own store)."""
+    from sqlalchemy import select
+
     from tunesmith.jobs import registry
     from tunesmith.jobs.store import Project, Store
     from tunesmith.models.registry import BUNDLED
@@ -71,7 +73,7 @@ def models() -> None:
     if not tuned:
         out.print("No fine-tuned models yet: run `tunesmith train FILE`.")
     with store.read() as s:
-        projects = {p.id: p.name for p in s.query(Project)}
+        projects = dict(s.execute(select(Project.id, Project.name)).all())
     # Plain lines, never wrapped: names are meant to be copied whole.
     for m in tuned:
         out.print(f"[bold]{m.name}[/]  ({m.method}, {m.trained_tokens or 0:,} trained tokens, project "
@@ -259,7 +261,7 @@ def train(
                         TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=err)
     with progress, stop:
         result = run_job(spec, _ProgressReporter(progress), stop_requested=stop, job_id=resume,
-                         start=_resolve(model) if model.startswith("ft:") else None)
+                         start=_resolve(model))
     if result.model is not None:
         _register(result.model)
     if as_json:

@@ -77,7 +77,6 @@ class JobResult:
     seconds: float = 0.0
     model: dict | None = None  # the new model's record (FineTunedModel), for the caller to register
 
-
     def as_dict(self) -> dict:
         return asdict(self)
 
@@ -158,10 +157,14 @@ def run_job(spec: TrainSpec, reporter: JobReporter, settings: Settings | None = 
     hp = hyper.resolve(len(train_set), spec.method, spec.n_epochs, spec.batch_size,
                        spec.learning_rate_multiplier, spec.beta, spec.rpo_alpha)
     run = _run_settings(spec, hp, seed)
-    if resume_from is not None:
+    if first_run is not None:
         _check_same_run(job_id, first_run, run)
+    elif resume_from is not None:
+        reporter.on_message("No record of the settings this job started with (it was started by an older "
+                            "tunesmith): resuming with the current ones")
+    if resume_from is not None:
         reporter.on_message(f"Resuming from checkpoint {resume_from.name}")
-    else:
+    if first_run is None:
         write_atomic(job_dir / RUN_FILE, json.dumps(run, indent=1).encode())
 
     # Intra-op threads do all the work of eager training. The inter-op pool only runs forked tasks
@@ -230,9 +233,12 @@ def _run_settings(spec: TrainSpec, hp: hyper.Hyperparameters, seed: int) -> dict
             "patience": spec.patience, "eval_steps": spec.eval_steps}
 
 
-def _read_run(job_dir: Path) -> dict:
+def _read_run(job_dir: Path) -> dict | None:
+    """The settings a run started with; None for a job that an older tunesmith started (it kept none)."""
     try:
         return json.loads((job_dir / RUN_FILE).read_text())
+    except FileNotFoundError:
+        return None
     except (OSError, ValueError) as exc:
         raise TunesmithError(f"{job_dir / RUN_FILE} cannot be read ({exc}): the settings this job started with "
                              "are unknown, so it cannot be resumed") from None
