@@ -1,11 +1,15 @@
-"""Job-level data handling before training: the auto-split and the leakage warning."""
+"""Job-level handling around training: the auto-split, the leakage warning, the message about the
+chosen epoch, the checkpoint metrics' names."""
+
+from pathlib import Path
 
 import pytest
 
 from conftest import chat_row, write_jsonl
 from tunesmith.data.validate import validate_file
 from tunesmith.errors import TunesmithError
-from tunesmith.train.run import TrainSpec, _split, _warn_leakage, check_spec
+from tunesmith.train import loop
+from tunesmith.train.run import EventReporter, TrainSpec, _report_choice, _split, _warn_leakage, check_spec
 
 
 class Messages:
@@ -60,3 +64,50 @@ def test_validation_lines_that_are_training_lines_are_reported(tmp_path, rendere
     said = Messages()
     _warn_leakage(train.examples[:5], valid.examples[1:2], said)
     assert said.messages == []
+
+
+def epoch(n: int, valid_loss: float, exact: float | None = None) -> loop.Checkpoint:
+    metrics = {"valid_loss": valid_loss} | ({} if exact is None else {"valid_exact_match": exact})
+    return loop.Checkpoint(n * 10, n, Path(f"step-{n * 10}"), metrics)
+
+
+def choice(checkpoints: list, early_stopped: bool = False) -> list[str]:
+    said = Messages()
+    result = loop.LoopResult(True, checkpoints[-1].step, 0, {}, checkpoints, loop.best_checkpoint(checkpoints),
+                             early_stopped)
+    _report_choice(result, 2, said)
+    return said.messages
+
+
+def test_the_choice_of_epoch_says_when_exact_answers_overrule_the_loss():
+    assert choice([epoch(1, 0.5, 0.6), epoch(2, 0.3, 0.4), epoch(3, 0.4, 0.5)]) == [
+        "Best epoch 1, valid_loss 0.5000, valid_exact_match 0.60; chosen by valid_exact_match (greedy answers to "
+        "validation questions), which disagrees with the validation loss: epoch 2 had the lowest, valid_loss 0.3000, "
+        "valid_exact_match 0.40 (last epoch: valid_loss 0.4000, valid_exact_match 0.50); the model is its checkpoint "
+        "(step 10), not the last one"]
+    assert choice([epoch(1, 0.3, 0.4), epoch(2, 0.5, 0.6)]) == [
+        "Best epoch 2 (the last), valid_loss 0.5000, valid_exact_match 0.60; chosen by valid_exact_match (greedy "
+        "answers to validation questions), which disagrees with the validation loss: epoch 1 had the lowest, "
+        "valid_loss 0.3000, valid_exact_match 0.40"]
+    (early,) = choice([epoch(1, 0.5, 0.6), epoch(2, 0.3, 0.4), epoch(3, 0.2, 0.4)], early_stopped=True)
+    assert early.startswith("Early stop at epoch 3: no better epoch for 2 epochs. Best epoch 1, valid_loss 0.5000")
+
+
+def test_the_choice_of_epoch_by_the_loss_alone_reads_as_before():
+    assert choice([epoch(1, 0.5), epoch(2, 0.3), epoch(3, 0.4)]) == [
+        "Best epoch 2, valid_loss 0.3000 (last epoch: valid_loss 0.4000); the model is its checkpoint (step 20), "
+        "not the last one"]
+    assert choice([epoch(1, 0.5, 0.5), epoch(2, 0.3, 0.5)]) == []  # the last is the best by both
+
+
+def test_checkpoint_metrics_carry_the_answer_scores_but_not_as_whole_file_metrics():
+    class Log:
+        def write(self, kind, **record):
+            self.record = record
+
+    reporter = EventReporter(Log())
+    reporter.on_checkpoint(loop.Checkpoint(5, 1, Path("step-5"), {
+        "train_loss": 1.0, "valid_loss": 0.5, "valid_exact_match": 0.25, "valid_field_match": 0.5, "epoch": 1.0}))
+    assert reporter.log.record["metrics"] == {
+        "step": 5, "train_loss": 1.0, "valid_loss": 0.5, "full_valid_loss": 0.5, "valid_exact_match": 0.25,
+        "valid_field_match": 0.5}
