@@ -1,15 +1,19 @@
-"""Job-level handling around training: the auto-split, the leakage warning, the message about the
-chosen epoch, the checkpoint metrics' names."""
+"""Job-level handling around training: the auto-split, the leakage and look-alike warnings, the message
+about the chosen epoch, the checkpoint metrics' names."""
 
+import json
 from pathlib import Path
 
 import pytest
 
 from conftest import chat_row, write_jsonl
+from tunesmith.data.formats import parse_example
+from tunesmith.data.overlap import overlap
 from tunesmith.data.validate import validate_file
 from tunesmith.errors import TunesmithError
 from tunesmith.train import loop
-from tunesmith.train.run import EventReporter, TrainSpec, _report_choice, _split, _warn_leakage, check_spec
+from tunesmith.train.run import (EventReporter, TrainSpec, _report_choice, _split, _warn_leakage, _warn_lookalike,
+                                 check_spec)
 
 
 class Messages:
@@ -63,6 +67,42 @@ def test_validation_lines_that_are_training_lines_are_reported(tmp_path, rendere
                              "the validation loss will look better than it is"]
     said = Messages()
     _warn_leakage(train.examples[:5], valid.examples[1:2], said)
+    assert said.messages == []
+
+
+def people(templates: list[str], names: list[str], cities: list[str], n: int = 12) -> list:
+    """Extraction examples: ``templates`` filled with names and cities (each round of names with the next city)."""
+    rows = []
+    for i in range(n):
+        values = {"name": names[i % len(names)], "city": cities[(i // len(names) + i) % len(cities)]}
+        rows.append(chat_row(templates[i % len(templates)].format(**values), json.dumps(values)))
+    return [parse_example(r, n)[0] for n, r in enumerate(rows, 1)]
+
+
+TRAIN_TEMPLATES = ["My name is {name} and I live in {city}.", "This is {name} writing from {city}."]
+TRAIN = people(TRAIN_TEMPLATES, ["Olga Varga", "Emil Tron", "Ana Silva"], ["Graz", "Porto", "Lyon"])
+
+
+@pytest.mark.parametrize("valid, advice", [
+    (people(TRAIN_TEMPLATES, ["Olga Varga", "Ana Silva"], ["Porto", "Lyon"], 4), "names and phrasings"),
+    (people(TRAIN_TEMPLATES, ["Thaddeus Ashcombe", "Imogen Szabo"], ["Brno", "Tampere"], 4), "phrasings"),
+])
+def test_a_validation_set_phrased_like_the_training_set_is_named(valid, advice):
+    said = Messages()
+    _warn_lookalike(TRAIN, valid, said)
+    (message,) = said.messages
+    assert message.startswith("Warning: 100% of the validation prompts' wording (word triples, answer values masked)")
+    assert "the validation set looks like the training set, so it cannot reveal memorisation" in message
+    assert message.endswith(f"hold out examples with unseen {advice}")
+
+
+def test_a_validation_set_with_unseen_values_and_phrasings_is_not():
+    valid = people(["Profile -- name: {name}; based in {city}", "{city} welcomes {name}, a new neighbour."],
+                   ["Thaddeus Ashcombe", "Imogen Szabo"], ["Brno", "Tampere"], 4)
+    found = overlap(TRAIN, valid)
+    assert found.answer_words == 0 and found.phrasing < 0.5
+    said = Messages()
+    _warn_lookalike(TRAIN, valid, said)
     assert said.messages == []
 
 

@@ -20,6 +20,7 @@ import torch
 
 from tunesmith.atomic import write_atomic
 from tunesmith.config import PrecisionSetting, Settings, enforce_offline, get_settings
+from tunesmith.data.overlap import overlap
 from tunesmith.data.tokenize import Pair
 from tunesmith.data.validate import DEFAULT_MAX_LENGTH, Report, line_list, validate_file
 from tunesmith.errors import TunesmithError
@@ -148,6 +149,7 @@ def run_job(spec: TrainSpec, reporter: JobReporter, settings: Settings | None = 
         reporter.on_message(f"Holding out {len(valid_set)} of {len(train_report.tokenized)} examples "
                             f"({spec.auto_split:.0%}) of {spec.training_file.name} for validation")
     _warn_leakage(train_examples, valid_examples, reporter)
+    _warn_lookalike(train_examples, valid_examples, reporter)
     hp = hyper.resolve(len(train_set), spec.method, spec.n_epochs, spec.batch_size,
                        spec.learning_rate_multiplier, spec.beta, spec.rpo_alpha)
     run = _run_settings(spec, hp, seed)
@@ -261,6 +263,18 @@ def _warn_leakage(train: list, valid: list, reporter: JobReporter) -> None:
     if lines:
         reporter.on_message(f"Warning: {len(lines)} of {len(valid)} validation examples (lines {line_list(lines)}) also "
                             "appear in the training data: the validation loss will look better than it is")
+
+
+def _warn_lookalike(train: list, valid: list, reporter: JobReporter) -> None:
+    """A validation set phrased like the training set cannot show that the model memorised it."""
+    found = overlap(train, valid)
+    if found is None or not found.lookalike:
+        return
+    words = "names and phrasings" if found.same_words else "phrasings"
+    reporter.on_message(f"Warning: {found.phrasing:.0%} of the validation prompts' wording (word triples, answer "
+                        f"values masked) and {found.answer_words:.0%} of the validation answers' words also occur in "
+                        f"the training data: the validation set looks like the training set, so it cannot reveal "
+                        f"memorisation; hold out examples with unseen {words}")
 
 
 def _report_choice(result: loop.LoopResult, patience: int, reporter: JobReporter) -> None:
