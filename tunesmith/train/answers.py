@@ -34,7 +34,10 @@ MAX_QUESTIONS = 50  # enough to tell epochs apart, few enough to cost seconds, n
 # reference word for word, and generating it would cost most of the time.
 MAX_ANSWER_TOKENS = 128
 EXTRA_TOKENS = 4  # beyond the longest reference: room to see an answer run on, no room to ramble
-BATCH_SIZE = 8  # questions answered together (~4× one at a time on CPU)
+# Questions answered together: 50 in two batches. Measured on 2 CPU cores (48 questions of 62 to 349
+# prompt tokens, answered to the limit of 57 tokens): 75 s in batches of 8, 46 s in batches of 24 with
+# the questions in order of prompt length (less padding).
+BATCH_SIZE = 25
 METRICS = ("valid_exact_match", "valid_field_match")
 
 AnswerScorer = Callable[[torch.nn.Module], dict[str, float]]
@@ -119,6 +122,7 @@ def answer_scorer(valid_set: list[Tokenized], renderer: Renderer,
                  if (q := question(t, decode)) is not None and q.answer_tokens <= MAX_ANSWER_TOKENS][:MAX_QUESTIONS]
     if not questions:
         return None
+    questions.sort(key=lambda q: len(q.prompt))  # the scores do not depend on the order; padding does
     prompts, references = [q.prompt for q in questions], [q.reference for q in questions]
     max_new_tokens = max(q.answer_tokens for q in questions) + EXTRA_TOKENS
 
