@@ -23,7 +23,7 @@ SHELL := /bin/bash
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install test-clients demo guard-demo dpo-demo bench bench-dpo-memory test clean
+.PHONY: install test-clients demo guard-demo dpo-demo bench bench-quality bench-dpo-memory test clean
 
 install: $(STAMP)
 
@@ -87,6 +87,12 @@ BENCH_ARGS ?=
 bench: $(BENCH_STAMP)
 	$(BIN)/python bench/train_throughput.py --json bench-throughput.json $(BENCH_ARGS)
 
+# The quality suite: five generated tasks whose test values and phrasings training never shows; the base
+# model, the default settings and any candidates over 3 seeds (hours on CPU). BENCH_ARGS=--quick for a
+# smoke run, BENCH_ARGS="--candidate lr0.4:learning_rate_multiplier=0.4" to compare settings.
+bench-quality: install
+	$(BIN)/python bench/quality.py --json bench-quality.json $(BENCH_ARGS)
+
 bench-dpo-memory: install
 	$(BIN)/python bench/dpo_memory.py
 
@@ -94,4 +100,4 @@ test: install test-clients
 	$(BIN)/python -m pytest -q --durations=15
 
 clean:
-	rm -rf $(VENV) $(DEMO) $(CLI_VENV) $(NODE_DIR)/node_modules bench-throughput.json
+	rm -rf $(VENV) $(DEMO) $(CLI_VENV) $(NODE_DIR)/node_modules bench-throughput.json bench-quality.json

@@ -39,9 +39,11 @@ def test_gemma_lora_trains_new_token_rows_and_chats(gemma_renderer, tmp_path):
     out = json.loads(result.stdout[result.stdout.index("{"):])
     assert out["fine_tuned_model"].startswith("ft:gemma-3-270m:local::")
 
+    from tunesmith.jobs import registry
+    from tunesmith.jobs.store import Store
     from tunesmith.serve.engine import Engine, Sampling
 
     engine = Engine(GEMMA)
-    reply = engine.generate(out["fine_tuned_model"], [[{"role": "user", "content": "Say the word number 3."}]],
+    reply = engine.generate(registry.resolve(out["fine_tuned_model"], Store()), [[{"role": "user", "content": "Say the word number 3."}]],
                             Sampling(max_tokens=8))[0]
     assert isinstance(reply.text, str) and 1 <= reply.completion_tokens <= 8

@@ -1,6 +1,7 @@
 """The training loop on a tiny random model: learning, determinism, checkpoints, stop and resume,
 the overfitting guard."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -192,3 +193,45 @@ def test_a_corrupt_checkpoint_is_named_when_resuming(tiny_model_factory, dataset
     (newest / loop.STATE_FILE).write_bytes(b"not a torch file")
     with pytest.raises(loop.CorruptCheckpoint, match=f"checkpoint {newest} cannot be read"):
         run(lora(tiny_model_factory()), dataset, tmp_path, epochs=2, resume_from=newest)
+
+
+def ckpt(step, valid_loss, exact=None):
+    metrics = {"valid_loss": valid_loss} | ({} if exact is None else {"valid_exact_match": exact})
+    return loop.Checkpoint(step, step, Path(f"step-{step}"), metrics)
+
+
+@pytest.mark.parametrize("checkpoints, best_step", [
+    ([ckpt(1, 0.9), ckpt(2, 0.5), ckpt(3, 0.7)], 2),  # no answer scores: the lowest loss
+    ([ckpt(1, 0.9, 0.4), ckpt(2, 0.5, 0.6), ckpt(3, 0.7, 0.8)], 3),  # exact match wins over the loss
+    ([ckpt(1, 0.9, 0.8), ckpt(2, 0.5, 0.8), ckpt(3, 0.7, 0.8)], 2),  # a tie: the lower loss
+    ([ckpt(1, 0.5, 0.8), ckpt(2, 0.5, 0.8)], 1),  # and then the earlier
+    ([loop.Checkpoint(1, 1, Path("x"), {"train_loss": 1.0})], None),  # no validation
+])
+def test_best_checkpoint_prefers_exact_answers_then_the_loss_then_the_earliest(checkpoints, best_step):
+    best = loop.best_checkpoint(checkpoints)
+    assert (best.step if best else None) == best_step
+
+
+def test_answer_scores_join_each_epoch_checkpoint_and_leave_training_unchanged(tiny_model_factory, dataset, renderer,
+                                                                                tmp_path):
+    from tunesmith.train.answers import answer_scorer
+
+    rows = [{"user": f"Give {i} as JSON", "assistant": json.dumps({"n": i})} for i in range(3)]
+    valid = dataset[:2] + [renderer.encode(parse_example(r, n)[0], 128) for n, r in enumerate(rows, 1)]
+    score, calls = answer_scorer(valid, renderer), []
+
+    def scorer(model):
+        calls.append(1)
+        return score(model)
+
+    scored = lora(tiny_model_factory())
+    _, rec = run(scored, dataset, tmp_path / "scored", epochs=2, valid=valid, eval_steps=2, answer_scorer=scorer)
+    assert len(calls) == 2  # at each epoch's end, not at the eval_steps validations
+    assert [c.epoch for c in rec.checkpoints] == [1, 2]
+    for c in rec.checkpoints:
+        assert 0 <= c.metrics["valid_exact_match"] <= 1 and 0 <= c.metrics["valid_field_match"] <= 1
+    assert all("valid_exact_match" not in m for m in rec.steps)
+    plain = lora(tiny_model_factory())
+    run(plain, dataset, tmp_path / "plain", epochs=2, valid=valid, eval_steps=2)
+    ws, wp = weights(scored), weights(plain)
+    assert all(torch.equal(ws[k], wp[k]) for k in ws)  # asking questions changed no weight and no data order

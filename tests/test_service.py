@@ -129,8 +129,9 @@ def test_job_succeeds_with_events_checkpoints_and_result_file(alpha, done_job):
     # Validation at each epoch's end (steps 5, 10) and every eval_steps (3, 6, 9).
     assert [int(r["step"]) for r in rows if r["valid_loss"]] == [3, 5, 6, 9, 10]
     assert {"valid_loss", "valid_mean_token_accuracy"} <= set(next(e for e in metrics if e.data["step"] == 3).data)
-    # The guard named the checkpoint with the lowest validation loss as the model.
-    best = min(ckpts, key=lambda c: c.metrics.full_valid_loss)
+    # The guard named the best checkpoint as the model: the most exact validation answers, then the lowest loss.
+    assert all(0 <= c.metrics.valid_exact_match <= 1 for c in ckpts)
+    best = min(ckpts, key=lambda c: (-c.metrics.valid_exact_match, c.metrics.full_valid_loss, c.step_number))
     assert job.hyperparameters.model_extra["early_stopping"] is True
     if best is not ckpts[0]:
         assert any(e.message.startswith(f"Best epoch {best.step_number // 5}") for e in events)

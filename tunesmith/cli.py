@@ -203,8 +203,9 @@ class _ProgressReporter:
                                         f"{_rewards(m, 'valid_')}", soft_wrap=True)
 
     def on_checkpoint(self, ckpt) -> None:
-        valid = ckpt.metrics.get("valid_loss")
+        valid, exact = ckpt.metrics.get("valid_loss"), ckpt.metrics.get("valid_exact_match")
         extra = f", valid loss {valid:.4f}{_rewards(ckpt.metrics, 'valid_')}" if valid is not None else ""
+        extra += f", valid exact answers {exact:.0%}" if exact is not None else ""
         self.progress.console.print(f"epoch {ckpt.epoch}: step {ckpt.step}, train loss "
                                     f"{ckpt.metrics['train_loss']:.4f}{extra} → checkpoint {ckpt.path.name}",
                                     soft_wrap=True)
@@ -237,8 +238,10 @@ def train(
     auto_split: Annotated[Optional[float], typer.Option(
         help="No validation file: hold out this fraction (e.g. 0.1) of a training file of ≥ 100 examples.")] = None,
     early_stopping: Annotated[bool, typer.Option(
-        help="With validation data: stop once the validation loss stops falling and keep the best epoch.")] = True,
-    patience: Annotated[int, typer.Option(min=1, help="Epochs without a lower validation loss before stopping.")] = DEFAULT_PATIENCE,
+        help="With validation data: stop once the epochs stop getting better and keep the best epoch.")] = True,
+    patience: Annotated[int, typer.Option(
+        min=1, help="Epochs without a better one (more exact answers, or as many and a lower loss) before stopping.")
+    ] = DEFAULT_PATIENCE,
     eval_steps: Annotated[Optional[int], typer.Option(
         min=1, help="Also compute the validation loss every N steps (it is always computed each epoch).")] = None,
     resume: Annotated[Optional[str], typer.Option(

@@ -63,6 +63,7 @@ def pair(question: str, answer: str) -> dict:
 
 def make(engine, products: list[str], n: int, rng: random.Random) -> list[dict]:
     """``n`` pairs over distinct (product, question) prompts that the model answered within MAX_TOKENS."""
+    from tunesmith.models.finetuned import ResolvedModel
     from tunesmith.serve.engine import Sampling
 
     questions = [q.format(p=p) for p, q in itertools.product(products, QUESTIONS)]
@@ -70,7 +71,7 @@ def make(engine, products: list[str], n: int, rng: random.Random) -> list[dict]:
     rows: list[dict] = []
     while len(rows) < n and questions:
         batch, questions = questions[: n - len(rows) + 8], questions[n - len(rows) + 8 :]
-        replies = engine.generate(MODEL, [prompt(q) for q in batch], Sampling(max_tokens=MAX_TOKENS))
+        replies = engine.generate(ResolvedModel.of_base(MODEL), [prompt(q) for q in batch], Sampling(max_tokens=MAX_TOKENS))
         rows += [pair(q, r.text.strip()) for q, r in zip(batch, replies)
                  if r.finish_reason == "stop" and r.text.strip()]
     if len(rows) < n:

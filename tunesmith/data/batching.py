@@ -4,7 +4,7 @@ An optimizer step sees ``batch_size`` items. They are packed into rows of at mos
 tokens (several short sequences end to end in one row, so little compute goes to padding), and the
 rows are split into micro-batches whose padded size stays under a token budget (bounded memory),
 each run forward/backward in turn with the gradients accumulated. ``collate`` is the one place that
-shapes tensors.
+shapes training tensors; ``left_padded`` shapes prompts for generation.
 
 Sequences packed in one row must not see each other: each one's ``position_ids`` restart at 0 and
 no attention mask is passed. From that, transformers (``masking_utils.find_packed_sequence_indices``)
@@ -158,3 +158,12 @@ def collate(rows: list[list[Tokenized]], pad_id: int) -> Batch:
         # Padding goes on counting from the row's last sequence: a row of one sequence is then no packed row.
         positions[r, start:] = torch.arange(start, width) - (start - row[-1].n_tokens)
     return Batch(ids, targets, positions, sequence, n)
+
+
+def left_padded(prompts: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Prompts to generate from, as ``generate`` takes them: left-padded (every row's next token goes in
+    the same column), with the attention mask that hides the padding."""
+    width = max(map(len, prompts))
+    ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in prompts])
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+    return {"input_ids": ids, "attention_mask": mask}

@@ -80,6 +80,11 @@ class Renderer:
         self.end_of_turn = end_of_turn
         self.end_of_turn_id = tokenizer.convert_tokens_to_ids(end_of_turn)
 
+    @property
+    def stop_ids(self) -> list[int]:
+        """The tokens that end a generated answer: the end of a turn, and the end of a completion."""
+        return sorted({self.end_of_turn_id, self.tokenizer.eos_token_id})
+
     def render(self, messages: list[dict[str, Any]], tools=None, generation_prompt: bool = False) -> str:
         return self.tokenizer.apply_chat_template(
             messages, tools=tools, tokenize=False, add_generation_prompt=generation_prompt

@@ -48,7 +48,7 @@ def resolve(name: str, store: Store, project_id: str | None = None) -> ResolvedM
 def lookup(s: Session, name: str, project_id: str | None = None) -> ResolvedModel:
     """``resolve`` inside a transaction the caller holds."""
     if not name.startswith("ft:"):
-        return ResolvedModel(name, name, None, None)
+        return ResolvedModel.of_base(name)
     ckpt = _CKPT.match(name)
     model_name = ckpt.group(1) if ckpt else name
     row = s.get(Model, model_name)

@@ -51,3 +51,8 @@ class ResolvedModel:
     weights: Path | None  # None for a base model
     method: str | None
     format: str = "chat"
+
+    @classmethod
+    def of_base(cls, name: str) -> "ResolvedModel":
+        """A base model, which needs no registry to resolve."""
+        return cls(name, name, None, None)

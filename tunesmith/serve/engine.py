@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from tunesmith.config import Settings, get_settings
+from tunesmith.data.batching import left_padded
 from tunesmith.errors import TunesmithError
 from tunesmith.models.finetuned import ResolvedModel
 from tunesmith.models.loading import BaseInfo, ensure_cached, load_model, load_renderer
@@ -49,7 +50,7 @@ class Engine:
         self.base_model = load_model(self.info).eval()
         self._adapters: set[str] = set()
         self._full: dict[str, object] = {}
-        self._stop_ids = sorted({self.renderer.end_of_turn_id, self.tokenizer.eos_token_id})
+        self._stop_ids = self.renderer.stop_ids
 
     def select(self, resolved: ResolvedModel):
         """The model object to run for ``resolved`` (a name the registry resolved), with its adapter active."""
@@ -81,11 +82,7 @@ class Engine:
         return self.renderer.encode_prompt(conversation)
 
     def _inputs(self, rows: list[list[int]]) -> dict[str, torch.Tensor]:
-        width = max(map(len, rows))
-        pad = self.tokenizer.pad_token_id
-        ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows])
-        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
-        return {"input_ids": ids, "attention_mask": mask}
+        return left_padded(rows, self.tokenizer.pad_token_id)
 
     def _generate_kwargs(self, sampling: Sampling) -> dict:
         kwargs = {"max_new_tokens": sampling.max_tokens, "eos_token_id": self._stop_ids,

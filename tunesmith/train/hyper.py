@@ -21,7 +21,7 @@ DEFAULT_BETA = 0.1  # TRL's default, and OpenAI's "auto"
 # pushed the end-of-turn token down everywhere and tuned answers ran on past their sign-off.
 DEFAULT_RPO_ALPHA = 1.0  # the RPO paper's and TRL's recommended value
 WARMUP_FRACTION = 0.1
-# The overfitting guard stops after this many epochs in a row without a lower validation loss.
+# The overfitting guard stops after this many epochs in a row without a better checkpoint (loop.best_checkpoint).
 DEFAULT_PATIENCE = 2
 
 

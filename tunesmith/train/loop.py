@@ -7,8 +7,11 @@ packed into rows (``batching.py``) and run in the config's ``precision`` (``prec
 It knows nothing of files, databases or terminals: progress goes to a ``Reporter`` and a stop is
 asked through ``stop_requested`` (checked between optimizer steps, so a stop never leaves a
 half-applied update). With a validation set, the overfitting guard evaluates every epoch (and every
-``eval_steps`` steps when set), stops once ``patience`` epochs in a row did not lower the validation
-loss, and names the checkpoint with the lowest one as the result. A checkpoint holds everything
+``eval_steps`` steps when set); at each epoch's end it may also score the model's greedy answers to
+validation questions (the config's ``answer_scorer``, which the job builds: the loop knows no
+tokenizer). The best checkpoint is the one whose answers are most often exactly right, then the one
+with the lowest validation loss (``best_checkpoint``); the guard stops once ``patience`` epochs in a
+row brought no better one, and names the best as the result. A checkpoint holds everything
 needed to continue bit-for-bit: trained weights, optimizer, schedule, step and RNG state; the
 data order is a function of (seed, epoch).
 """
@@ -49,8 +52,11 @@ class LoopConfig:
     micro_batch_tokens: int = DEFAULT_MICRO_BATCH_TOKENS
     objective: Objective = field(default_factory=SFT)  # SFT on examples, or DPO on preference pairs
     eval_steps: int | None = None  # also evaluate every N steps (reported with that step's metrics)
-    patience: int | None = DEFAULT_PATIENCE  # epochs without a lower valid_loss before stopping; None: guard off
+    patience: int | None = DEFAULT_PATIENCE  # epochs without a better checkpoint before stopping; None: guard off
     precision: PrecisionSetting = "fp32"  # the job passes the settings' choice ("auto" unless set)
+    # Scores of greedy answers to validation questions (valid_exact_match, …), added to each epoch's
+    # validation metrics; None: the validation loss alone judges the epochs.
+    answer_scorer: Callable[[torch.nn.Module], dict[str, float]] | None = None
 
 
 @dataclass
@@ -68,7 +74,7 @@ class LoopResult:
     trained_tokens: int
     metrics: dict[str, float]
     checkpoints: list[Checkpoint] = field(default_factory=list)
-    best: Checkpoint | None = None  # the guard's choice: lowest valid_loss (None: guard off or no validation)
+    best: Checkpoint | None = None  # the guard's choice, see best_checkpoint (None: guard off or no validation)
     early_stopped: bool = False  # ended by the guard before the last epoch
 
 
@@ -129,10 +135,12 @@ def train(model, train_set: list[Tokenized] | list[Pair], cfg: LoopConfig, check
     started, tokens_seen, metrics = time.perf_counter(), 0, {}
     evaluating = 0.0  # seconds spent on validation, left out of tokens/s
 
-    def validate() -> dict[str, float]:
+    def validate(answers: bool = False) -> dict[str, float]:
         nonlocal evaluating
         began = time.perf_counter()
         result = evaluate(model, valid_set, pad_id, cfg.micro_batch_tokens, objective, cfg.precision)
+        if answers and cfg.answer_scorer is not None:
+            result |= cfg.answer_scorer(model)
         model.train()
         evaluating += time.perf_counter() - began
         return result
@@ -181,7 +189,7 @@ def train(model, train_set: list[Tokenized] | list[Pair], cfg: LoopConfig, check
                       trained_tokens, checkpoints, reporter, keep=False)
                 return LoopResult(False, step, trained_tokens, metrics, checkpoints)
         if valid_set:
-            metrics = {**metrics, **validate()}  # a new dict: the reporter may keep the step's
+            metrics = {**metrics, **validate(answers=True)}  # a new dict: the reporter may keep the step's
         _save(model, optimizer, schedule, checkpoint_dir, step, epoch + 1, metrics, trained_tokens,
               checkpoints, reporter, keep=True)
         if guard_says_stop(epoch + 1):
@@ -192,11 +200,18 @@ def train(model, train_set: list[Tokenized] | list[Pair], cfg: LoopConfig, check
 
 
 def best_checkpoint(checkpoints: list[Checkpoint]) -> Checkpoint | None:
-    """The checkpoint with the lowest validation loss, the earliest on a tie; None without validation.
+    """The checkpoint with the highest ``valid_exact_match``, then the lowest validation loss, then the
+    earliest; None without validation. Without answer scores (DPO, no scorer) the loss alone decides.
+
+    Exact answers come first because they are what the model is used for, and the two can disagree:
+    the loss averages over every reference token, so it can fall while answers to unseen names and
+    phrasings get worse (the model grows surer of the tokens it had right), or rise on a few confident
+    mistakes while more answers come out right.
 
     Derived from the checkpoints' own metrics, so a resumed run needs no extra state to go on guarding."""
     scored = [c for c in checkpoints if "valid_loss" in c.metrics]
-    return min(scored, key=lambda c: (c.metrics["valid_loss"], c.step), default=None)
+    return min(scored, key=lambda c: (-c.metrics.get("valid_exact_match", 0.0), c.metrics["valid_loss"], c.step),
+               default=None)
 
 
 def _save(model, optimizer, schedule, checkpoint_dir: Path, step: int, epoch: int, metrics: dict,

@@ -20,12 +20,13 @@ import torch
 
 from tunesmith.atomic import write_atomic
 from tunesmith.config import PrecisionSetting, Settings, enforce_offline, get_settings
+from tunesmith.data.overlap import overlap
 from tunesmith.data.tokenize import Pair
 from tunesmith.data.validate import DEFAULT_MAX_LENGTH, Report, line_list, validate_file
 from tunesmith.errors import TunesmithError
 from tunesmith.models import finetuned
 from tunesmith.models.loading import BaseInfo, ensure_cached, load_model, load_renderer
-from tunesmith.train import hyper, loop, losses
+from tunesmith.train import answers, hyper, loop, losses
 from tunesmith.train.precision import training_device
 
 METHODS = ("lora", "full", "dpo")  # dpo: preference pairs, trained as a LoRA adapter
@@ -131,7 +132,7 @@ def run_job(spec: TrainSpec, reporter: JobReporter, settings: Settings | None = 
     if start is None:
         if spec.model.startswith("ft:"):
             raise TunesmithError(f"{spec.model}: a fine-tuned model must be resolved before training starts")
-        start = finetuned.ResolvedModel(spec.model, spec.model, None, None)
+        start = finetuned.ResolvedModel.of_base(spec.model)
     # LoRA and DPO models are both LoRA adapters: either continues the other (SFT, then DPO).
     if start.weights is not None and _weights_kind(start.method) != _weights_kind(spec.method):
         raise TunesmithError(f"{spec.model} was tuned with method {start.method}; method {spec.method} "
@@ -154,6 +155,7 @@ def run_job(spec: TrainSpec, reporter: JobReporter, settings: Settings | None = 
         reporter.on_message(f"Holding out {len(valid_set)} of {len(train_report.tokenized)} examples "
                             f"({spec.auto_split:.0%}) of {spec.training_file.name} for validation")
     _warn_leakage(train_examples, valid_examples, reporter)
+    _warn_lookalike(train_examples, valid_examples, reporter)
     hp = hyper.resolve(len(train_set), spec.method, spec.n_epochs, spec.batch_size,
                        spec.learning_rate_multiplier, spec.beta, spec.rpo_alpha)
     run = _run_settings(spec, hp, seed)
@@ -186,9 +188,13 @@ def run_job(spec: TrainSpec, reporter: JobReporter, settings: Settings | None = 
 
     reporter.on_message(f"Job {job_id}: {len(train_set)} examples, {hp.n_epochs} epochs, "
                         f"batch size {hp.batch_size}, learning rate {hp.learning_rate:.2e}{hp.dpo_text}, seed {seed}")
+    # DPO's validation pairs have two answers each: the reward accuracy already says which one the model prefers.
+    scorer = None
+    if valid_set and spec.method != "dpo":
+        scorer = answers.answer_scorer(valid_set, renderer, settings.precision)
     cfg = loop.LoopConfig(hp.n_epochs, hp.batch_size, hp.learning_rate, seed, objective=objective,
                           eval_steps=spec.eval_steps, patience=spec.patience if spec.early_stopping else None,
-                          precision=settings.precision)
+                          precision=settings.precision, answer_scorer=scorer)
     result = loop.train(model, train_set, cfg, job_dir / "checkpoints", reporter,
                         pad_id=pad_id, valid_set=valid_set, resume_from=resume_from,
                         stop_requested=stop_requested)
@@ -272,15 +278,41 @@ def _warn_leakage(train: list, valid: list, reporter: JobReporter) -> None:
                             "appear in the training data: the validation loss will look better than it is")
 
 
+def _warn_lookalike(train: list, valid: list, reporter: JobReporter) -> None:
+    """A validation set phrased like the training set cannot show that the model memorised it."""
+    found = overlap(train, valid)
+    if found is None or not found.lookalike:
+        return
+    words = "names and phrasings" if found.same_words else "phrasings"
+    reporter.on_message(f"Warning: {found.phrasing:.0%} of the validation prompts' wording (word triples, answer "
+                        f"values masked) and {found.answer_words:.0%} of the validation answers' words also occur in "
+                        f"the training data: the validation set looks like the training set, so it cannot reveal "
+                        f"memorisation; hold out examples with unseen {words}")
+
+
 def _report_choice(result: loop.LoopResult, patience: int, reporter: JobReporter) -> None:
+    """Say which epoch the model is, when that is not simply the last one, and why."""
     best, last = result.best, result.checkpoints[-1]
-    loss = f"valid_loss {best.metrics['valid_loss']:.4f}"
+    lowest = min((c for c in result.checkpoints if "valid_loss" in c.metrics),
+                 key=lambda c: (c.metrics["valid_loss"], c.step))
+    why = _described(best)
+    if lowest is not best:
+        why += (f"; chosen by valid_exact_match (greedy answers to validation questions), which disagrees with the "
+                f"validation loss: epoch {lowest.epoch} had the lowest, {_described(lowest)}")
     if result.early_stopped:
-        reporter.on_message(f"Early stop at epoch {last.epoch}: no lower validation loss for {patience} epochs. "
-                            f"Best epoch {best.epoch}, {loss}; the model is its checkpoint (step {best.step})")
+        reporter.on_message(f"Early stop at epoch {last.epoch}: no better epoch for {patience} epochs. "
+                            f"Best epoch {best.epoch}, {why}; the model is its checkpoint (step {best.step})")
     elif best is not last:
-        reporter.on_message(f"Best epoch {best.epoch}, {loss} (last epoch {last.metrics['valid_loss']:.4f}); "
+        reporter.on_message(f"Best epoch {best.epoch}, {why} (last epoch: {_described(last)}); "
                             f"the model is its checkpoint (step {best.step}), not the last one")
+    elif lowest is not best:
+        reporter.on_message(f"Best epoch {best.epoch} (the last), {why}")
+
+
+def _described(ckpt: loop.Checkpoint) -> str:
+    exact = ckpt.metrics.get("valid_exact_match")
+    loss = f"valid_loss {ckpt.metrics['valid_loss']:.4f}"
+    return loss if exact is None else f"{loss}, valid_exact_match {exact:.2f}"
 
 
 def _attach_reference(model, pairs: list[Pair], path: Path, pad_id: int, reporter: JobReporter,
@@ -356,7 +388,8 @@ class EventReporter(JobReporter):
 
     def on_checkpoint(self, ckpt: loop.Checkpoint) -> None:
         metrics = {"step": ckpt.step, **{k: v for k, v in ckpt.metrics.items() if k in _CHECKPOINT_METRICS}}
-        for name in [k for k in metrics if k.startswith("valid_")]:  # evaluated on the whole validation file
+        # Evaluated on the whole validation file; answers are scored on its first answers.MAX_QUESTIONS only.
+        for name in [k for k in metrics if k.startswith("valid_") and k not in answers.METRICS]:
             metrics[f"full_{name}"] = metrics[name]
         self.log.write("checkpoint", key=f"ckpt-{ckpt.step}", step=ckpt.step, epoch=ckpt.epoch,
                        path=str(ckpt.path), metrics=metrics)
@@ -365,7 +398,7 @@ class EventReporter(JobReporter):
 # Step metrics as OpenAI names them (supervised) and as TRL names them (DPO); validation ones are
 # "valid_" + the name without "train_".
 _STEP_METRICS = ("train_loss", "train_mean_token_accuracy", *losses.DPO_METRICS)
-_CHECKPOINT_METRICS = (*_STEP_METRICS, *("valid_" + m.removeprefix("train_") for m in _STEP_METRICS))
+_CHECKPOINT_METRICS = (*_STEP_METRICS, *("valid_" + m.removeprefix("train_") for m in _STEP_METRICS), *answers.METRICS)
 
 
 def _die_with_parent() -> None:
