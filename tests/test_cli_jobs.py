@@ -1,6 +1,8 @@
 """`tunesmith jobs …` and `tunesmith train --resume` against the local store."""
 
 import json
+import os
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -83,6 +85,15 @@ def test_train_resume_continues_a_stopped_run_only_with_its_settings(tmp_path, s
     changed = tunesmith("train", str(data), "--epochs", "2", "--batch-size", "5", "--resume", job_id)
     assert changed.exit_code == 1 and "training_file sha256" in changed.stderr
     data.write_text("".join(data.read_text().splitlines(keepends=True)[:10]))
+
+    # a checkpoint torn on disk: the run fails naming it, and the good copy resumes
+    from tunesmith.train.loop import STATE_FILE
+    state = next(Path(os.environ["TUNESMITH_HOME"]).glob(f"jobs/{job_id}/checkpoints/step-000001")) / STATE_FILE
+    good = state.read_bytes()
+    state.write_bytes(good[: len(good) // 2])
+    torn = tunesmith("train", str(data), "--epochs", "2", "--batch-size", "5", "--resume", job_id)
+    assert torn.exit_code == 1 and f"checkpoint {state.parent} cannot be read" in " ".join(torn.stderr.split())
+    state.write_bytes(good)
 
     resumed = tunesmith("train", str(data), "--epochs", "2", "--batch-size", "5", "--resume", job_id, "--json")
     assert resumed.exit_code == 0, resumed.stderr
