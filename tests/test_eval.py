@@ -9,6 +9,8 @@ import zlib
 from html.parser import HTMLParser
 from pathlib import Path
 
+import time
+
 import pytest
 from typer.testing import CliRunner
 
@@ -70,8 +72,18 @@ def test_aggregate_takes_each_rate_over_the_items_it_applies_to():
 
 
 def test_bad_regex_is_a_user_error():
-    with pytest.raises(TunesmithError, match="invalid --regex"):
+    with pytest.raises(TunesmithError, match="invalid regex"):
         Checks(regex="(")
+    with pytest.raises(TunesmithError, match="no backreferences"):
+        Checks(regex=r"(a)\1")
+
+
+def test_a_catastrophic_pattern_matches_in_linear_time():
+    # Python's re backtracks through 2**30 ways to split the a's before it gives up
+    started = time.perf_counter()
+    assert not Checks(regex="(a+)+$").matches("a" * 30 + "b")
+    assert not Checks(regex="^(a|aa)+$").matches("a" * 5000 + "b")
+    assert time.perf_counter() - started < 0.5
 
 
 def test_prompt_is_everything_before_the_last_assistant_message():
@@ -242,7 +254,7 @@ def test_unknown_model_and_bad_regex_are_one_line_errors(tmp_path):
     data = write_jsonl(tmp_path / "d.jsonl", [chat_row("hi", "hello")])
     for args, message in ((["eval", "ft:smollm2-135m-instruct:local:x:nope", "--data", str(data)], "unknown model"),
                           (["eval", "gpt-9", "--data", str(data)], "unknown base model 'gpt-9'"),
-                          (["compare", SMOL, SMOL, "--data", str(data), "--regex", "("], "invalid --regex")):
+                          (["compare", SMOL, SMOL, "--data", str(data), "--regex", "("], "invalid regex")):
         result = CliRunner().invoke(app, args)
         assert result.exit_code == 1 and message in result.output and "Traceback" not in result.output
 

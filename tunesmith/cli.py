@@ -574,7 +574,7 @@ EvalLimit = Annotated[Optional[int], typer.Option(min=1, help="Only the first N 
 EvalMaxTokens = Annotated[int, typer.Option(min=1, help="Longest answer, in tokens.")]
 EvalContains = Annotated[Optional[str], typer.Option(help="Also score: the answer contains this text.")]
 EvalRegex = Annotated[Optional[str], typer.Option(help="Also score: the answer matches this regular expression "
-                                                        "(re.search).")]
+                                                        "(RE2 syntax, found anywhere in the answer).")]
 
 
 def _evaluate(models: list[str], data: Path, limit: Optional[int], max_tokens: int, contains: Optional[str],

@@ -8,10 +8,11 @@ applies to.
 
 from __future__ import annotations
 
-import re
 import unicodedata
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
+
+import re2
 
 from tunesmith.errors import TunesmithError
 from tunesmith.jsonvalues import parse_json, same_json
@@ -19,19 +20,38 @@ from tunesmith.jsonvalues import parse_json, same_json
 Scores = dict[str, bool | None]
 
 
+def _re2_options() -> re2.Options:
+    options = re2.Options()
+    options.log_errors = False  # a bad pattern is the user's error, reported to them, not logged by RE2
+    return options
+
+
+_RE2_OPTIONS = _re2_options()
+
+
 @dataclass(frozen=True)
 class Checks:
-    """Checks asked for by the user, beyond the fixed scores."""
+    """Checks asked for by the user, beyond the fixed scores.
+
+    The pattern is compiled by RE2, which matches in time linear in the answer's length: a pattern
+    such as ``(a+)+$`` that makes Python's backtracking ``re`` run for minutes (holding the GIL, so
+    a whole server stops) is answered in microseconds. RE2 has no backreferences or lookaround."""
 
     contains: str | None = None  # the answer holds this text (case-sensitive)
-    regex: str | None = None  # re.search finds this pattern in the answer
+    regex: str | None = None  # the pattern is found somewhere in the answer (RE2 syntax)
+    _pattern: Any = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.regex is not None:
             try:
-                re.compile(self.regex)
-            except re.error as exc:
-                raise TunesmithError(f"invalid --regex {self.regex!r}: {exc}") from None
+                object.__setattr__(self, "_pattern", re2.compile(self.regex, _RE2_OPTIONS))
+            except re2.error as exc:
+                reason = exc.args[0].decode() if exc.args and isinstance(exc.args[0], bytes) else str(exc)
+                raise TunesmithError(f"invalid regex {self.regex!r}: {reason} (RE2 syntax: no backreferences "
+                                     "or lookaround)") from None
+
+    def matches(self, answer: str) -> bool:
+        return self._pattern.search(answer) is not None
 
 
 @dataclass(frozen=True)
@@ -91,7 +111,7 @@ def score(answer: str, reference: str, checks: Checks = Checks()) -> Scores:
     if checks.contains is not None:
         scores["contains"] = checks.contains in answer
     if checks.regex is not None:
-        scores["regex"] = re.search(checks.regex, answer) is not None
+        scores["regex"] = checks.matches(answer)
     return scores
 
 
