@@ -7,9 +7,14 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+
+import uvicorn
 
 
 def free_port() -> int:
@@ -27,9 +32,10 @@ def new_home(tmp: Path) -> Path:
 
 
 class LiveServer:
-    def __init__(self, home: Path, database_url: str | None = None):
+    def __init__(self, home: Path, database_url: str | None = None, keyless: bool = True):
         self.home = home
         self.database_url = database_url
+        self.keyless = keyless  # `serve --keyless`: requests need no key
         self.port = free_port()
         self.proc: subprocess.Popen | None = None
 
@@ -49,8 +55,9 @@ class LiveServer:
 
     def start(self, timeout: float = 60) -> "LiveServer":
         log = open(self.home / "server.log", "ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "tunesmith.cli", "serve", "--port", str(self.port)],
-                                     env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        keyless = ["--keyless"] if self.keyless else []
+        self.proc = subprocess.Popen([sys.executable, "-m", "tunesmith.cli", "serve", "--port", str(self.port),
+                                      *keyless], env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.time() + timeout
         while time.time() < deadline:
             if self.proc.poll() is not None:
@@ -74,3 +81,20 @@ class LiveServer:
                 self.proc.wait(60)
             except subprocess.TimeoutExpired:
                 self.kill_group()
+
+
+@contextmanager
+def serving(app) -> Iterator[tuple[str, int]]:
+    """``app`` served by uvicorn on a thread of this process, at 127.0.0.1 and a free port."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    srv = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    while not srv.started:
+        time.sleep(0.05)
+    try:
+        yield sock.getsockname()
+    finally:
+        srv.should_exit = True
+        thread.join(30)

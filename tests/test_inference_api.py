@@ -5,21 +5,14 @@ from __future__ import annotations
 
 import http.client
 import json
-import socket
-import threading
 import time
 
 import openai
 import pytest
-import uvicorn
-from fastapi import FastAPI
 
-from live_server import new_home
-from tunesmith.api import errors
-from tunesmith.api.inference import router
+from live_server import new_home, serving
+from tunesmith.api.app import create_app
 from tunesmith.config import Settings
-from tunesmith.jobs.store import Store
-from tunesmith.serve.pool import EnginePool
 
 pytestmark = pytest.mark.slow
 SMOL = "smollm2-135m-instruct"
@@ -28,22 +21,10 @@ FRUITS = [{"role": "user", "content": "List three fruits, one per line."}]
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, smol_info):
-    settings = Settings(home=new_home(tmp_path_factory.mktemp("inference")))
-    app = FastAPI()
-    errors.install(app)
-    app.include_router(router)
-    app.state.store = Store(settings)
-    app.state.engines = EnginePool(settings)
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    srv = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    while not srv.started:
-        time.sleep(0.05)
-    yield sock.getsockname()
-    srv.should_exit = True
-    thread.join(30)
+    settings = Settings(home=new_home(tmp_path_factory.mktemp("inference")), keyless=True)
+    app = create_app(settings, run_worker=False)
+    with serving(app) as address:
+        yield address
     app.state.engines.close()
 
 

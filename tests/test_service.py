@@ -54,7 +54,7 @@ def all_events(client, job_id: str) -> list:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, smol_info):
     home = new_home(tmp_path_factory.mktemp("service"))
-    srv = LiveServer(home)
+    srv = LiveServer(home, keyless=False)
     srv.keys = {p: srv.cli("keys", "create", "--project", p) for p in ("alpha", "beta")}
     srv.start()
     yield srv

@@ -123,8 +123,8 @@ def test_database_from_before_migrations_is_upgraded_keeping_every_row(tmp_path)
     (tmp_path / "models" / "torn.json").write_text('{"name": "ft:')
     store = Store(Settings(home=tmp_path))
     schema_check(store)
-    assert store.project_for_key(KEYS["alpha"]).name == "alpha"
-    assert store.project_for_key(KEYS["beta"]).name == "beta"
+    assert store.caller(KEYS["alpha"])[0].name == "alpha" and store.caller(KEYS["alpha"])[1] is False
+    assert store.caller(KEYS["beta"])[0].name == "beta"
     with store.read() as s:
         assert s.scalars(select(ApiKey.project_id).order_by(ApiKey.id)).all() == ["proj_alpha", "proj_beta"]
         files = {f.id: f for f in s.scalars(select(File))}

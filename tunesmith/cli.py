@@ -6,6 +6,7 @@ import functools
 import json
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -375,28 +376,46 @@ app.add_typer(keys_app, name="keys")
 
 @keys_app.command("create")
 @friendly_errors
-def keys_create(project: Annotated[str, typer.Option(help="Project name; created if new.")]) -> None:
+def keys_create(project: Annotated[str, typer.Option(help="Project name; created if new.")],
+                admin: Annotated[bool, typer.Option("--admin", help="The key may also manage keys "
+                                                    "(/v1/admin/keys).")] = False) -> None:
     """Print a new API key for a project. Only its hash is stored: copy it now."""
     from tunesmith.jobs.store import Store
 
-    out.print(Store().create_key(project), highlight=False, soft_wrap=True)
+    out.print(Store().create_key(project, admin=admin)[1], highlight=False, soft_wrap=True)
 
 
 @keys_app.command("list")
 @friendly_errors
 def keys_list() -> None:
-    """List API keys (their first characters only) and their projects."""
-    from sqlalchemy import select
+    """List API keys (their first characters only), their projects, and which are revoked."""
+    from tunesmith.jobs.store import Store
 
-    from tunesmith.jobs.store import ApiKey, Project, Store
-
-    store = Store()
-    with store.session() as s:
-        rows = s.execute(select(ApiKey, Project).join(Project).order_by(ApiKey.created_at)).all()
+    rows = Store().keys()
     if not rows:
-        out.print("No API keys: the server accepts requests without a key on 127.0.0.1 only.")
+        out.print("No API keys: a server started without --keyless refuses every request until one exists.")
     for key, project in rows:
-        out.print(f"{key.prefix}…  project {project.name}  created {key.created_at}", highlight=False)
+        state = f"revoked {_when(key.revoked_at)}" if key.revoked_at else "active"
+        role = "  admin" if key.admin else ""
+        out.print(f"{key.id}  {key.prefix}…  project {project.name}{role}  created {_when(key.created_at)}  {state}",
+                  highlight=False)
+
+
+@keys_app.command("revoke")
+@friendly_errors
+def keys_revoke(key: Annotated[str, typer.Argument(help="The key's id (key_…) or its prefix as `keys list` "
+                                                   "shows it.")]) -> None:
+    """Revoke a key: a running server refuses it from the next request on."""
+    from tunesmith.jobs.store import Store
+
+    found = Store().revoke_key(key.rstrip("…"))
+    if found is None:
+        raise TunesmithError(f"no key {key} (or more than one key starts so): see `tunesmith keys list`")
+    out.print(f"{found[0].id}: revoked (project {found[1].name})", highlight=False)
+
+
+def _when(timestamp: int) -> str:
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(timestamp))
 
 
 jobs_app = typer.Typer(no_args_is_help=True, help="The server's fine-tuning jobs, read from and changed in its store "
@@ -544,28 +563,28 @@ def jobs_resume(job_id: JobId) -> None:
     _operate(job_id, "queued", "Fine-tuning job resumed by the operator; it continues from its newest checkpoint")
 
 
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
-
-
 @app.command()
 @friendly_errors
 def serve(
     host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to bind.")] = 8000,
+    keyless: Annotated[bool, typer.Option("--keyless", help="Accept requests without a key, all as one local "
+                                          "project: for a single user, on a loopback address only.")] = False,
 ) -> None:
     """Run the OpenAI-compatible API and the job worker."""
     import uvicorn
 
     from tunesmith.api.app import create_app
     from tunesmith.jobs.homelock import lock_home
-    from tunesmith.jobs.store import Store
 
-    lock = lock_home(get_settings().home)  # held until this process ends
-    if host not in LOOPBACK and not Store().has_keys():
-        raise TunesmithError(f"refusing to serve on {host} without API keys: anyone who can reach it could use "
-                             "it. Create a key with `tunesmith keys create --project NAME`, or bind 127.0.0.1.")
+    settings = get_settings().model_copy(update={"host": host, "keyless": keyless or get_settings().keyless})
+    lock = lock_home(settings.home)  # held until this process ends
+    app_ = create_app(settings)
+    if not settings.keyless and not app_.state.store.has_keys():
+        err.print("No API keys yet: every request is refused until one exists. Create one with "
+                  "`tunesmith keys create --project NAME`, or restart with --keyless (loopback only).")
     with lock:
-        uvicorn.run(create_app(), host=host, port=port, log_level="info")
+        uvicorn.run(app_, host=host, port=port, log_level="info")
 
 
 EvalModel = Annotated[str, typer.Argument(help="Base model name or ft: model / checkpoint id.")]

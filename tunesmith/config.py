@@ -30,7 +30,16 @@ class Settings(BaseSettings):
     threads: int = Field(default_factory=_usable_cpus)
     precision: PrecisionSetting = "auto"
     database_url: str | None = None  # default: SQLite file under home
-    max_upload_bytes: int = 512 * 1024 * 1024
+    # The server's limits on what a client sends (see the README's "Limits").
+    max_upload_bytes: int = 512 * 1024 * 1024  # one uploaded file, as at OpenAI
+    max_body_bytes: int = 1024 * 1024  # any other request body
+    max_queued_requests: int = 16  # generation requests waiting or running per base model; past it, 429
+    project_max_bytes: int = 20 * 1024**3  # uploaded files a project may keep
+    project_max_queued_jobs: int = 20  # jobs a project may have waiting (validating or queued)
+    # Access: without keyless, every /v1 request needs a key; keyless serves one local user on loopback only.
+    keyless: bool = False
+    host: str = "127.0.0.1"  # the address `tunesmith serve` binds
+    allowed_hosts: str = ""  # comma-separated Host header names; empty: the bound host and loopback names
     max_running_jobs: int = 1  # jobs training at once; queued ones are taken round-robin across projects
     # On shutdown, running jobs get this long to finish their step and write a checkpoint.
     shutdown_grace_seconds: float = 30.0

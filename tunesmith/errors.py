@@ -2,7 +2,11 @@
 
 
 class TunesmithError(Exception):
-    """Base of every error caused by input, not by a bug."""
+    """Base of every error caused by input, not by a bug. ``param`` and ``code`` go into the API's
+    error envelope (the request field at fault, and OpenAI's code for the error, where it has one)."""
+
+    param: str | None = None
+    code: str | None = None
 
 
 class UnknownModelError(TunesmithError):

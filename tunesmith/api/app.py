@@ -6,7 +6,8 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from tunesmith.api import errors, evaluations, files, fine_tuning, inference, models
+from tunesmith.api import errors, evaluations, files, fine_tuning, inference, keys, models
+from tunesmith.api.gate import Gate, check_binding
 from tunesmith.config import Settings, get_settings
 from tunesmith.jobs.store import Store
 from tunesmith.jobs.worker import Worker
@@ -15,6 +16,7 @@ from tunesmith.serve.pool import EnginePool
 
 def create_app(settings: Settings | None = None, run_worker: bool = True) -> FastAPI:
     settings = settings or get_settings()
+    check_binding(settings)
     store = Store(settings)
     worker = Worker(store) if run_worker else None
 
@@ -30,6 +32,7 @@ def create_app(settings: Settings | None = None, run_worker: bool = True) -> Fas
     app = FastAPI(title="tunesmith", summary="OpenAI-compatible fine-tuning, self-hosted", lifespan=lifespan)
     app.state.store, app.state.worker, app.state.engines = store, worker, EnginePool(settings)
     errors.install(app)
-    for module in (files, fine_tuning, models, inference, evaluations):
+    app.add_middleware(Gate, store=store)
+    for module in (files, fine_tuning, models, inference, evaluations, keys):
         app.include_router(module.router)
     return app

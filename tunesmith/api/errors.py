@@ -13,9 +13,10 @@ from tunesmith.jobs.lifecycle import InvalidTransition
 
 class ApiError(Exception):
     def __init__(self, status: int, message: str, type: str = "invalid_request_error", param: str | None = None,
-                 code: str | None = None):
+                 code: str | None = None, headers: dict[str, str] | None = None):
         super().__init__(message)
         self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
+        self.headers = headers
 
 
 def not_found(kind: str, object_id: str, param: str = "id") -> ApiError:
@@ -28,19 +29,24 @@ def model_not_found(name: str, param: str = "model") -> ApiError:
                     code="model_not_found")
 
 
-def _envelope(status: int, message: str, type: str, param=None, code=None) -> JSONResponse:
-    return JSONResponse({"error": {"message": message, "type": type, "param": param, "code": code}}, status)
+def _envelope(status: int, message: str, type: str, param=None, code=None, headers=None) -> JSONResponse:
+    return JSONResponse({"error": {"message": message, "type": type, "param": param, "code": code}}, status,
+                        headers=headers)
+
+
+def envelope(exc: ApiError) -> JSONResponse:
+    return _envelope(exc.status, exc.message, exc.type, exc.param, exc.code, exc.headers)
 
 
 _TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
           404: "invalid_request_error", 405: "invalid_request_error", 409: "invalid_request_error",
-          413: "invalid_request_error", 422: "invalid_request_error"}
+          413: "invalid_request_error", 421: "invalid_request_error", 422: "invalid_request_error"}
 
 
 def install(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api(_: Request, exc: ApiError):
-        return _envelope(exc.status, exc.message, exc.type, exc.param, exc.code)
+        return envelope(exc)
 
     @app.exception_handler(UnknownModelError)
     async def _model(_: Request, exc: UnknownModelError):
@@ -52,7 +58,7 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(TunesmithError)
     async def _user(_: Request, exc: TunesmithError):
-        return _envelope(400, str(exc), "invalid_request_error")
+        return _envelope(400, str(exc), "invalid_request_error", exc.param, exc.code)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError):

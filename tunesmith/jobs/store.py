@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from sqlalchemy import (JSON, Boolean, Connection, ForeignKey, Integer, String, Text, UniqueConstraint, create_engine,
-                        event, func, select)
+                        event, false, func, select)
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from tunesmith.config import Settings, get_settings
@@ -56,6 +56,8 @@ class ApiKey(Base):
     key_hash: Mapped[str] = mapped_column(String(64), unique=True)
     prefix: Mapped[str] = mapped_column(String(16))  # enough to recognise a key in a listing
     created_at: Mapped[int] = mapped_column(Integer, default=now)
+    admin: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())  # manages keys
+    revoked_at: Mapped[int | None] = mapped_column(Integer)  # kept, so a listing shows what was revoked when
 
 
 class File(Base):
@@ -187,22 +189,47 @@ class Store:
             session.flush()
         return found
 
-    def create_key(self, project_name: str) -> str:
-        """A new API key for a project; only its hash is kept, so this is the one time it is seen."""
+    def create_key(self, project_name: str, admin: bool = False) -> tuple[ApiKey, str]:
+        """A new API key for a project, and its text: only its hash is kept, so this is the one time
+        it is seen."""
         key = f"sk-ts-{secrets.token_urlsafe(32)}"
         with self.session() as s:
             project = self.project(s, project_name)
-            s.add(ApiKey(id=make_id("key_"), project_id=project.id, key_hash=hash_key(key), prefix=key[:10],
-                         created_at=now()))
-        return key
+            row = ApiKey(id=make_id("key_"), project_id=project.id, key_hash=hash_key(key), prefix=key[:10],
+                         created_at=now(), admin=admin)
+            s.add(row)
+        return row, key
+
+    def keys(self) -> list[tuple[ApiKey, Project]]:
+        """Every key, revoked ones included, oldest first."""
+        with self.read() as s:
+            return [tuple(r) for r in s.execute(select(ApiKey, Project).join(Project).order_by(ApiKey.created_at,
+                                                                                               ApiKey.id))]
+
+    def revoke_key(self, ref: str) -> tuple[ApiKey, Project] | None:
+        """Revoke the key with this id or prefix; the next request with it is refused. None: no such key
+        (or a prefix that more than one key has)."""
+        with self.session() as s:
+            found = s.execute(select(ApiKey, Project).join(Project).where(
+                (ApiKey.id == ref) | (ApiKey.prefix == ref))).all()
+            if len(found) != 1:
+                return None
+            key, project = found[0]
+            if key.revoked_at is None:
+                key.revoked_at = now()
+            return key, project
 
     def has_keys(self) -> bool:
+        """Whether any key that is not revoked exists."""
         with self.read() as s:
-            return s.scalar(select(ApiKey.id).limit(1)) is not None
+            return s.scalar(select(ApiKey.id).where(ApiKey.revoked_at.is_(None)).limit(1)) is not None
 
-    def project_for_key(self, key: str) -> Project | None:
+    def caller(self, key: str) -> tuple[Project, bool] | None:
+        """The project of a valid (not revoked) key, and whether the key is an admin's."""
         with self.read() as s:
-            return s.scalar(select(Project).join(ApiKey).where(ApiKey.key_hash == hash_key(key)))
+            row = s.execute(select(Project, ApiKey.admin).join(ApiKey).where(
+                ApiKey.key_hash == hash_key(key), ApiKey.revoked_at.is_(None))).first()
+        return (row[0], row[1]) if row else None
 
 
 def claim_queued(session: Session, limit: int) -> list[Job]:
