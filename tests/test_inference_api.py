@@ -20,12 +20,16 @@ FRUITS = [{"role": "user", "content": "List three fruits, one per line."}]
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, smol_info):
-    settings = Settings(home=new_home(tmp_path_factory.mktemp("inference")), keyless=True)
-    app = create_app(settings, run_worker=False)
+def app(tmp_path_factory, smol_info):
+    app = create_app(Settings(home=new_home(tmp_path_factory.mktemp("inference")), keyless=True), run_worker=False)
+    yield app
+    app.state.engines.close()
+
+
+@pytest.fixture(scope="module")
+def server(app):
     with serving(app) as address:
         yield address
-    app.state.engines.close()
 
 
 @pytest.fixture(scope="module")
@@ -158,3 +162,80 @@ def test_event_loop_stays_free_and_a_dropped_stream_frees_the_engine(client, ser
     reply = client.completions.create(model=SMOL, prompt="Hello", max_tokens=2)
     assert reply.usage.completion_tokens == 2
     assert time.monotonic() - started < 30  # had the dropped stream kept the engine: 2000 tokens, minutes
+
+
+def wait_for(condition, seconds: float) -> float:
+    """How long ``condition()`` took to become true; fails after ``seconds``."""
+    started = time.monotonic()
+    while not condition():
+        assert time.monotonic() - started < seconds, "timed out"
+        time.sleep(0.02)
+    return time.monotonic() - started
+
+
+def test_limits_on_what_a_request_asks_for(server):
+    chat = {"model": SMOL, "messages": FRUITS}
+    cases = [
+        ("/v1/chat/completions", {**chat, "stop": ["x" * 257]}, "stop", None),
+        ("/v1/chat/completions", {**chat, "messages": FRUITS * 1025}, "messages", None),
+        ("/v1/chat/completions", {**chat, "logprobs": True}, "logprobs", "unsupported_parameter"),
+        ("/v1/chat/completions", {**chat, "top_logprobs": 21}, "top_logprobs", None),
+        ("/v1/completions", {"model": SMOL, "prompt": ["hi"] * 33}, "prompt", None),
+        ("/v1/completions", {"model": SMOL, "prompt": ["hi"] * 9, "n": 8}, "n", None),
+        ("/v1/completions", {"model": SMOL, "prompt": "hi", "logprobs": 6}, "logprobs", None),
+        ("/v1/completions", {"model": SMOL, "prompt": "hi", "suffix": "!"}, "suffix", "unsupported_parameter"),
+    ]
+    for path, body, param, code in cases:
+        resp = post(server, path, body)
+        error = json.loads(resp.read())["error"]
+        assert (resp.status, error["param"], error["code"]) == (400, param, code), (param, error)
+    resp = post(server, "/v1/chat/completions", {**chat, "seed": 2**64})
+    assert resp.status == 422 and json.loads(resp.read())["error"]["param"] == "seed"
+    assert post(server, "/v1/completions", {"model": SMOL, "prompt": "hi", "max_tokens": 1}).status == 200
+
+
+def test_a_prompt_over_the_context_is_refused_as_openai_does(client, renderer):
+    long = [{"role": "user", "content": "word " * 9000}]
+    with pytest.raises(openai.BadRequestError) as err:
+        client.chat.completions.create(model=SMOL, messages=long)
+    assert err.value.body["code"] == "context_length_exceeded" and err.value.body["param"] == "messages"
+    assert err.value.body["message"].startswith("This model's maximum context length is 8192 tokens. However, you "
+                                                "requested ")
+    with pytest.raises(openai.BadRequestError) as err:
+        client.completions.create(model=SMOL, prompt="hi", max_tokens=8192)
+    assert err.value.body["code"] == "context_length_exceeded" and err.value.body["param"] == "prompt"
+    prompt_tokens = len(renderer.tokenizer("hi", add_special_tokens=True)["input_ids"])
+    assert f"({prompt_tokens} in the prompt, 8192 in the completion)" in err.value.body["message"]
+    assert client.completions.create(model=SMOL, prompt="hi", max_tokens=1).usage.completion_tokens == 1
+
+
+def test_a_client_that_leaves_stops_its_generation(app, server, client):
+    engines = app.state.engines
+    conn = http.client.HTTPConnection(*server, timeout=120)
+    conn.request("POST", "/v1/completions", json.dumps({"model": SMOL, "prompt": "1, 2, 3, 4,", "max_tokens": 2000}),
+                 {"Content-Type": "application/json"})
+    wait_for(lambda: engines.admitted(SMOL) == 1, 30)
+    time.sleep(1)  # generating by now
+    conn.close()
+    assert wait_for(lambda: engines.admitted(SMOL) == 0, 5) < 5
+    started = time.monotonic()
+    assert client.completions.create(model=SMOL, prompt="Hello", max_tokens=2).usage.completion_tokens == 2
+    assert time.monotonic() - started < 30  # 2000 tokens left on the engine would take minutes
+
+
+def test_past_the_queue_limit_a_request_gets_429_with_retry_after(app, server, client, monkeypatch):
+    engines = app.state.engines
+    monkeypatch.setattr(engines.settings, "max_queued_requests", 1)
+    conn = http.client.HTTPConnection(*server, timeout=120)
+    long = post(server, "/v1/completions", {"model": SMOL, "prompt": "1, 2, 3, 4,", "max_tokens": 2000,
+                                            "stream": True}, conn)
+    assert long.status == 200 and engines.admitted(SMOL) == 1
+    for path, body in (("/v1/completions", {"model": SMOL, "prompt": "hi"}),
+                       ("/v1/chat/completions", {"model": SMOL, "messages": FRUITS, "stream": True})):
+        busy = post(server, path, body)
+        error = json.loads(busy.read())["error"]
+        assert busy.status == 429 and error["code"] == "rate_limit_exceeded"
+        assert int(busy.headers["Retry-After"]) >= 1
+    conn.close()
+    wait_for(lambda: engines.admitted(SMOL) == 0, 5)
+    assert client.completions.create(model=SMOL, prompt="Hello", max_tokens=2).usage.completion_tokens == 2

@@ -342,7 +342,7 @@ def chat(
 
     resolved = _resolve(model)
     engine = Engine(resolved.base, status=lambda m: err.print(f"[dim]{m}[/]"))
-    sampling = Sampling(max_tokens=max_tokens, temperature=temperature)
+    sampling = Sampling(max_tokens=max_tokens, temperature=temperature, fit_to_context=True)
     history = [{"role": "system", "content": system}] if system else []
     if message is not None:
         print(engine.generate(resolved, [history + [{"role": "user", "content": message}]], sampling)[0].text)

@@ -9,6 +9,7 @@ from starlette.exceptions import HTTPException
 
 from tunesmith.errors import TunesmithError, UnknownModelError
 from tunesmith.jobs.lifecycle import InvalidTransition
+from tunesmith.serve.pool import ClientGone, Overloaded
 
 
 class ApiError(Exception):
@@ -40,7 +41,8 @@ def envelope(exc: ApiError) -> JSONResponse:
 
 _TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
           404: "invalid_request_error", 405: "invalid_request_error", 409: "invalid_request_error",
-          413: "invalid_request_error", 421: "invalid_request_error", 422: "invalid_request_error"}
+          413: "invalid_request_error", 421: "invalid_request_error", 422: "invalid_request_error",
+          429: "requests"}
 
 
 def install(app: FastAPI) -> None:
@@ -55,6 +57,15 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(InvalidTransition)
     async def _state(_: Request, exc: InvalidTransition):
         return _envelope(400, str(exc), "invalid_request_error", None, "invalid_state")
+
+    @app.exception_handler(Overloaded)
+    async def _busy(_: Request, exc: Overloaded):
+        return _envelope(429, str(exc), "requests", None, "rate_limit_exceeded",
+                         {"Retry-After": str(exc.retry_after)})
+
+    @app.exception_handler(ClientGone)
+    async def _gone(_: Request, exc: ClientGone):  # nobody reads it: nginx's "client closed request"
+        return _envelope(499, "The client closed the connection; its generation was stopped.", "invalid_request_error")
 
     @app.exception_handler(TunesmithError)
     async def _user(_: Request, exc: TunesmithError):

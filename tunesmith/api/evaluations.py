@@ -16,12 +16,14 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from tunesmith.api.deps import current_project, get_store, resolve_model
 from tunesmith.api.files import owned_file
+from tunesmith.api.inference import client_gone
 from tunesmith.eval import report as reports
 from tunesmith.eval.metrics import Checks
 from tunesmith.eval.run import EvalOptions, evaluate_on
 from tunesmith.jobs.store import Project, Store
 
 router = APIRouter(prefix="/v1/evaluations")
+MAX_EXAMPLES = 1000  # examples scored per request: it holds its base model's engine while it runs
 
 
 class CreateEvaluation(BaseModel):
@@ -29,9 +31,9 @@ class CreateEvaluation(BaseModel):
     models: Annotated[list[str], Field(min_length=1, max_length=4)]  # two: the side-by-side comparison
     file: str  # an uploaded file, in any training format
     max_tokens: Annotated[int, Field(ge=1, le=4096)] = 256
-    limit: Annotated[int, Field(ge=1)] | None = None  # only the first N examples
-    contains: str | None = None
-    regex: str | None = None
+    limit: Annotated[int, Field(ge=1, le=MAX_EXAMPLES)] | None = None  # the first N examples; at most MAX_EXAMPLES
+    contains: Annotated[str, Field(max_length=1000)] | None = None
+    regex: Annotated[str, Field(max_length=1000)] | None = None  # RE2 syntax: matched in linear time
 
 
 @router.post("")
@@ -39,12 +41,14 @@ async def create(body: CreateEvaluation, request: Request, project: Project = De
                  store: Store = Depends(get_store)) -> dict:
     models = [resolve_model(store, project, name, param=f"models.{i}") for i, name in enumerate(body.models)]
     path = Path(owned_file(store, project, body.file, "file").path)
-    options = EvalOptions(max_tokens=body.max_tokens, limit=body.limit, checks=Checks(body.contains, body.regex))
+    options = EvalOptions(max_tokens=body.max_tokens, limit=body.limit or MAX_EXAMPLES,
+                          checks=Checks(body.contains, body.regex))
     done = {}
     for base in dict.fromkeys(m.base for m in models):
         group = [m for m in models if m.base == base]
         work = partial(evaluate_on, models=group, data=path, options=options, label=body.file)
-        done.update(zip((m.name for m in group), await request.app.state.engines.run(base, work)))
+        answers = await request.app.state.engines.run(base, work, partial(client_gone, request))
+        done.update(zip((m.name for m in group), answers))
     ordered = [done[m.name] for m in models]
     return {"object": "evaluation", "file": body.file, "models": body.models,
             "reports": [r.as_dict() for r in ordered], "markdown": reports.markdown(ordered, questions=True),

@@ -36,7 +36,7 @@ class Hyperparameters(BaseModel):
     # tunesmith's overfitting guard, active when there is a validation file (OpenAI has no such fields)
     early_stopping: bool = True
     patience: Annotated[int, Field(ge=1, le=50)] = DEFAULT_PATIENCE
-    eval_steps: Annotated[int, Field(ge=1)] | None = None
+    eval_steps: Annotated[int, Field(ge=1, le=1_000_000)] | None = None
 
 
 class DpoHyperparameters(Hyperparameters):
@@ -65,10 +65,11 @@ class CreateJob(BaseModel):
     validation_file: str | None = None
     hyperparameters: Hyperparameters | None = None
     method: Method | None = None
-    suffix: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[^:]*$")] | None = None
+    # part of the model's name (ft:base:org:suffix:id): printable, and without the name's separator
+    suffix: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[^:\x00-\x1f\x7f-\x9f]*$")] | None = None
     seed: Annotated[int, Field(ge=0, le=2**31 - 1)] | None = None
     metadata: Annotated[dict[str, Annotated[str, Field(max_length=512)]], Field(max_length=16)] | None = None
-    integrations: list[dict[str, Any]] | None = None
+    integrations: Annotated[list[dict[str, Any]], Field(max_length=8)] | None = None  # accepted, not run
 
 
 def job_object(job: Job, org: str) -> dict:

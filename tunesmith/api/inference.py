@@ -7,14 +7,15 @@ other requests are answered while a model writes.
 from __future__ import annotations
 
 import json
+from functools import partial
 import time
 from collections.abc import AsyncIterator
 from contextlib import aclosing
-from typing import Literal, TypeVar
+from typing import Annotated, Literal, TypeVar
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from tunesmith.api.deps import current_project, get_store, resolve_model
@@ -26,8 +27,15 @@ from tunesmith.serve.pool import EnginePool
 
 router = APIRouter()
 
-MAX_N = 8
-MAX_STOPS = 4
+# Limits on what one request may ask for (README: "Limits"); a larger value is a 400 naming the field.
+MAX_N = 8  # answers per prompt
+MAX_STOPS = 4  # as at OpenAI
+MAX_STOP_CHARS = 256  # each stop string is searched for in the reply at every token
+MAX_PROMPTS = 32  # prompts in one completions request
+MAX_ANSWERS = 64  # prompts × n in one request
+MAX_MESSAGES = 1024
+MAX_TOP_LOGPROBS = 20  # OpenAI's bound; tunesmith returns no log-probabilities yet
+Seed = Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]
 T = TypeVar("T")
 
 
@@ -44,7 +52,7 @@ class _Sampled(BaseModel):
     temperature: float | None = None
     top_p: float | None = None
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: Seed | None = None
     n: int | None = None
     stream: bool | None = None
     stream_options: StreamOptions | None = None
@@ -61,7 +69,7 @@ class _Sampled(BaseModel):
         """The engine's sampling settings; a value out of range is a 400 naming its parameter."""
         temperature = 1.0 if self.temperature is None else self.temperature
         top_p = 1.0 if self.top_p is None else self.top_p
-        max_tokens = default_max_tokens if max_tokens is None else max_tokens
+        asked, max_tokens = max_tokens, default_max_tokens if max_tokens is None else max_tokens
         stops = [self.stop] if isinstance(self.stop, str) else self.stop or []
         if not 0 <= temperature <= 2:
             raise ApiError(400, f"temperature must be between 0 and 2, got {temperature}.", param="temperature")
@@ -71,6 +79,8 @@ class _Sampled(BaseModel):
             raise ApiError(400, f"{param} must be at least 1, got {max_tokens}.", param=param)
         if len(stops) > MAX_STOPS:
             raise ApiError(400, f"stop takes at most {MAX_STOPS} strings, got {len(stops)}.", param="stop")
+        if any(len(stop) > MAX_STOP_CHARS for stop in stops):
+            raise ApiError(400, f"each stop string may be at most {MAX_STOP_CHARS} characters long.", param="stop")
         if not 1 <= self.answers <= MAX_N:
             raise ApiError(400, f"n must be between 1 and {MAX_N}, got {self.n}.", param="n")
         if self.stream and self.answers > 1:
@@ -78,7 +88,8 @@ class _Sampled(BaseModel):
                            param="n")
         if self.stream_options is not None and not self.stream:
             raise ApiError(400, "stream_options is only allowed when stream is true.", param="stream_options")
-        return Sampling(max_tokens, temperature, top_p, tuple(s for s in stops if s), self.seed)
+        return Sampling(max_tokens, temperature, top_p, tuple(s for s in stops if s), self.seed,
+                        fit_to_context=asked is None)
 
 
 class ContentPart(BaseModel):
@@ -101,11 +112,21 @@ class ChatRequest(_Sampled):
     max_tokens: int | None = None
     max_completion_tokens: int | None = None
     tools: list[dict] | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = None
 
     def conversation(self) -> list[dict]:
         """The messages as the chat template renders them, normalised like training data."""
         if not self.messages:
             raise ApiError(400, "messages must not be empty.", param="messages")
+        if len(self.messages) > MAX_MESSAGES:
+            raise ApiError(400, f"messages may hold at most {MAX_MESSAGES} messages, got {len(self.messages)}.",
+                           param="messages")
+        if self.top_logprobs is not None and not 0 <= self.top_logprobs <= MAX_TOP_LOGPROBS:
+            raise ApiError(400, f"top_logprobs must be between 0 and {MAX_TOP_LOGPROBS}, got {self.top_logprobs}.",
+                           param="top_logprobs")
+        if self.logprobs or self.top_logprobs:
+            raise _no_logprobs("logprobs" if self.logprobs else "top_logprobs")
         if self.tools:
             raise ApiError(400, "Tools (function calling) are not supported by this server.", param="tools")
         conversation = []
@@ -125,15 +146,36 @@ class ChatRequest(_Sampled):
 class CompletionRequest(_Sampled):
     prompt: str | list[str]
     max_tokens: int | None = None
+    logprobs: int | None = None
+    echo: bool | None = None
+    suffix: str | None = None
 
     def prompts(self) -> list[str]:
         prompts = [self.prompt] if isinstance(self.prompt, str) else self.prompt
         if not prompts or not all(prompts):
             raise ApiError(400, "prompt must be a non-empty string or a non-empty list of them.", param="prompt")
+        if len(prompts) > MAX_PROMPTS:
+            raise ApiError(400, f"prompt may list at most {MAX_PROMPTS} prompts, got {len(prompts)}.", param="prompt")
+        if len(prompts) * self.answers > MAX_ANSWERS:
+            raise ApiError(400, f"at most {MAX_ANSWERS} answers per request (prompts × n), asked "
+                                f"{len(prompts) * self.answers}.", param="n")
+        if self.logprobs is not None and not 0 <= self.logprobs <= 5:
+            raise ApiError(400, f"logprobs must be between 0 and 5, got {self.logprobs}.", param="logprobs")
+        if self.logprobs:
+            raise _no_logprobs("logprobs")
+        for field in ("echo", "suffix"):
+            if getattr(self, field):
+                raise ApiError(400, f"{field} is not supported by this server.", param=field,
+                               code="unsupported_parameter")
         if self.stream and len(prompts) > 1:
             raise ApiError(400, "Streaming answers one prompt only; ask without stream for several.",
                            param="prompt")
         return prompts
+
+
+def _no_logprobs(param: str) -> ApiError:
+    return ApiError(400, "Log-probabilities are not supported by this server yet.", param=param,
+                    code="unsupported_parameter")
 
 
 @router.post("/v1/chat/completions")
@@ -151,7 +193,8 @@ async def chat_completions(body: ChatRequest, request: Request, project: Project
         items = await _started(pool.stream(resolved, conversation, sampling))
         return _sse(_chat_chunks(items), {**head, "object": "chat.completion.chunk", "system_fingerprint": None},
                     body.include_usage)
-    replies = await pool.complete(resolved, [conversation] * body.answers, sampling)
+    replies = await pool.complete(resolved, [conversation] * body.answers, sampling,
+                                  partial(client_gone, request))
     choices = [{"index": i, "message": {"role": "assistant", "content": r.text, "refusal": None},
                 "logprobs": None, "finish_reason": r.finish_reason} for i, r in enumerate(replies)]
     return {**head, "choices": choices, "usage": _usage(replies, body.answers), "system_fingerprint": None}
@@ -168,10 +211,18 @@ async def completions(body: CompletionRequest, request: Request, project: Projec
         items = await _started(pool.stream(resolved, prompts[0], sampling))
         return _sse(_completion_chunks(items), head, body.include_usage)
     # Choice i * n + j is the j-th answer to prompt i, as OpenAI orders them.
-    replies = await pool.complete(resolved, [p for p in prompts for _ in range(body.answers)], sampling)
+    replies = await pool.complete(resolved, [p for p in prompts for _ in range(body.answers)], sampling,
+                                  partial(client_gone, request))
     choices = [{"text": r.text, "index": i, "logprobs": None, "finish_reason": r.finish_reason}
                for i, r in enumerate(replies)]
     return {**head, "choices": choices, "usage": _usage(replies, body.answers)}
+
+
+async def client_gone(request: Request) -> None:
+    """Returns when the client disconnects: the body is read, so the next ASGI message is the disconnect.
+    (A streamed answer needs no watch: Starlette stops the stream when its client goes.)"""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 async def _resolve(request: Request, project: Project, name: str) -> ResolvedModel:

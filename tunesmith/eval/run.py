@@ -126,7 +126,7 @@ def _evaluate(model: ResolvedModel, engine: Engine, examples: list[Example], tok
     # In the precision training validates in, so this loss is the one training reported.
     loss = evaluate(selected, tokenized, engine.tokenizer.pad_token_id, precision=engine.settings.precision)
     questions = [prompt_and_reference(e) for e in examples]
-    sampling = Sampling(max_tokens=options.max_tokens)  # greedy: the same answers every run
+    sampling = Sampling(max_tokens=options.max_tokens, fit_to_context=True)  # greedy: the same answers every run
     replies = []
     if progress:
         progress(model.name, 0, len(questions))

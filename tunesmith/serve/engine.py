@@ -11,9 +11,10 @@ import queue
 import threading
 from bisect import bisect_left
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
+from transformers import StoppingCriteria, StoppingCriteriaList
 
 from tunesmith.config import Settings, get_settings
 from tunesmith.data.batching import left_padded
@@ -29,6 +30,21 @@ class Sampling:
     top_p: float = 1.0
     stop: tuple[str, ...] = ()
     seed: int | None = None
+    # The client left max_tokens unset: the default shrinks to what the context leaves, instead of an error.
+    fit_to_context: bool = False
+
+
+class ContextLengthExceeded(TunesmithError):
+    """The prompt, or the prompt and the answer asked for, do not fit in the model's context (OpenAI's words)."""
+
+    code = "context_length_exceeded"
+
+    def __init__(self, context: int, prompt: int, completion: int, param: str):
+        where = "messages" if param == "messages" else "prompt"
+        super().__init__(f"This model's maximum context length is {context} tokens. However, you requested "
+                         f"{prompt + completion} tokens ({prompt} in the {where}, {completion} in the completion). "
+                         f"Please reduce the length of the {where} or completion.")
+        self.param = param
 
 
 @dataclass
@@ -51,6 +67,7 @@ class Engine:
         self._adapters: set[str] = set()
         self._full: dict[str, object] = {}
         self._stop_ids = self.renderer.stop_ids
+        self.context = self.base_model.config.max_position_embeddings
 
     def select(self, resolved: ResolvedModel):
         """The model object to run for ``resolved`` (a name the registry resolved), with its adapter active."""
@@ -80,6 +97,14 @@ class Engine:
             # A completion-tuned model answers the raw text of the last user message.
             return self.tokenizer(conversation[-1]["content"], add_special_tokens=True)["input_ids"]
         return self.renderer.encode_prompt(conversation)
+
+    def _fitted(self, prompts: list[list[int]], sampling: Sampling, param: str) -> Sampling:
+        """``sampling`` with a max_tokens that fits every prompt's context; else ContextLengthExceeded."""
+        longest = max(len(p) for p in prompts)
+        room = self.context - longest
+        if room < 1 or (sampling.max_tokens > room and not sampling.fit_to_context):
+            raise ContextLengthExceeded(self.context, longest, sampling.max_tokens, param)
+        return replace(sampling, max_tokens=min(sampling.max_tokens, room))
 
     def _inputs(self, rows: list[list[int]]) -> dict[str, torch.Tensor]:
         return left_padded(rows, self.tokenizer.pad_token_id)
@@ -115,16 +140,26 @@ class Engine:
 
     @torch.inference_mode()
     def generate(self, model: ResolvedModel, conversations: list[list[dict] | str],
-                 sampling: Sampling | None = None, batch_size: int = 8) -> list[Reply]:
-        """Answer many conversations (or raw prompts) with one model, batched."""
+                 sampling: Sampling | None = None, batch_size: int = 8,
+                 cancel: threading.Event | None = None) -> list[Reply]:
+        """Answer many conversations (or raw prompts) with one model, batched.
+
+        Setting ``cancel`` (the client went away) ends the generation at the next token and raises
+        ``Cancelled``."""
         sampling = sampling or Sampling()
         selected, resolved = self.select(model)
         prompts = [self._prompt_ids(resolved, c) for c in conversations]
+        sampling = self._fitted(prompts, sampling, _param(conversations[0]))
         replies: list[Reply] = []
         for start in range(0, len(prompts), batch_size):
             rows = prompts[start : start + batch_size]
             inputs = self._inputs(rows)
-            out = selected.generate(**inputs, **self._generate_kwargs(sampling))
+            kwargs = self._generate_kwargs(sampling)
+            if cancel is not None:
+                kwargs["stopping_criteria"] = StoppingCriteriaList([_Abort(cancel)])
+            out = selected.generate(**inputs, **kwargs)
+            if cancel is not None and cancel.is_set():
+                raise Cancelled
             new = out[:, inputs["input_ids"].shape[1] :].tolist()
             replies += [self._reply(len(p), ids, sampling.stop) for p, ids in zip(rows, new)]
         return replies
@@ -137,6 +172,7 @@ class Engine:
         sampling = sampling or Sampling()
         selected, resolved = self.select(model)
         prompt = self._prompt_ids(resolved, conversation)
+        sampling = self._fitted([prompt], sampling, _param(conversation))
         feed = _TokenFeed()
         kwargs = {**self._inputs([prompt]), **self._generate_kwargs(sampling), "streamer": feed}
         worker = threading.Thread(target=feed.run, args=(selected, kwargs), daemon=True)
@@ -164,8 +200,22 @@ class Engine:
         yield reply
 
 
+class Cancelled(Exception):
+    """The generation was abandoned: nobody waits for its answer."""
+
+
 class _Cancelled(Exception):
     pass
+
+
+class _Abort(StoppingCriteria):
+    """Ends every row of a generation once ``cancel`` is set."""
+
+    def __init__(self, cancel: threading.Event):
+        self.cancel = cancel
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs) -> torch.Tensor:
+        return torch.full((input_ids.shape[0],), self.cancel.is_set(), dtype=torch.bool, device=input_ids.device)
 
 
 class _TokenFeed:
@@ -210,6 +260,11 @@ def _undecided(text: str, stops: tuple[str, ...]) -> int:
     if incomplete:
         return incomplete
     return max((k for s in stops for k in range(1, len(s)) if text.endswith(s[:k])), default=0)
+
+
+def _param(conversation: list[dict] | str) -> str:
+    """The request field that holds the prompt: chat messages, or a completion's prompt."""
+    return "prompt" if isinstance(conversation, str) else "messages"
 
 
 def _adapter_key(path: str) -> str:
