@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -45,6 +47,24 @@ _TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permi
           429: "requests"}
 
 
+# pydantic names the member of a union that a value failed ("int", "literal['auto']", "list[str]") as
+# if it were a field: those are not part of the request's field path.
+_UNION_MEMBER = re.compile(r"^(str|int|float|bool|none|dict|list|constrained-[\w-]+)$|[\[(]")
+
+
+def _first_problem(errors: list[dict]) -> tuple[str | None, str]:
+    """The field path of the first invalid field and what is wrong with it (every way its union allows)."""
+    def path(error: dict) -> str:
+        return ".".join(str(p) for p in error.get("loc", ()) if p not in ("body", "query", "path")
+                        and not (isinstance(p, str) and _UNION_MEMBER.search(p)))
+
+    if not errors:
+        return None, "invalid request"
+    param = path(errors[0])
+    messages = dict.fromkeys(e.get("msg", "invalid") for e in errors if path(e) == param)
+    return param or None, " or ".join(messages)
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api(_: Request, exc: ApiError):
@@ -73,11 +93,9 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError):
-        first = exc.errors()[0] if exc.errors() else {}
-        loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path")]
-        param = ".".join(loc) or None
-        message = f"{param}: {first.get('msg', 'invalid request')}" if param else first.get("msg", "invalid request")
-        return _envelope(422, message, "invalid_request_error", param, "invalid_value")
+        param, message = _first_problem(exc.errors())
+        return _envelope(422, f"{param}: {message}" if param else message, "invalid_request_error", param,
+                         "invalid_value")
 
     @app.exception_handler(HTTPException)
     async def _http(_: Request, exc: HTTPException):

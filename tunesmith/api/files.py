@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Form, Query, Request, UploadFile
 from fastapi.responses import FileResponse
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from tunesmith.api.deps import current_project, get_store
 from tunesmith.api.errors import ApiError, not_found
@@ -60,8 +60,16 @@ def upload(request: Request, file: UploadFile, purpose: Annotated[str, Form()],
         tmp.unlink(missing_ok=True)
     row = File(id=file_id, project_id=project.id, filename=Path(file.filename or "upload.jsonl").name,
                purpose=purpose, bytes=size, path=str(path), created_at=st.now())
-    with store.session() as s:
-        s.add(row)
+    quota = store.settings.project_max_bytes
+    with store.session() as s:  # the write lock: two uploads cannot both take the last of the quota
+        used = s.scalar(select(func.coalesce(func.sum(File.bytes), 0)).where(File.project_id == project.id))
+        if used + size <= quota:
+            s.add(row)
+    if used + size > quota:
+        path.unlink(missing_ok=True)
+        raise ApiError(429, f"Storage quota exceeded: this project keeps {used:,} bytes of files and may keep "
+                            f"{quota:,} (setting TUNESMITH_PROJECT_MAX_BYTES); delete files to make room.",
+                       "insufficient_quota", param="file", code="quota_exceeded")
     return file_object(row)
 
 

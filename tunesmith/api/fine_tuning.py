@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from tunesmith.api.deps import current_project, get_store, resolve_model
 from tunesmith.api.errors import ApiError, not_found
@@ -112,10 +112,18 @@ def create(body: CreateJob, project: Project = Depends(current_project), store: 
               validation_file=body.validation_file, method=method, hyperparameters=hp.model_dump(),
               suffix=body.suffix, seed=body.seed if body.seed is not None else random.randrange(2**31),
               meta=body.metadata, status=st.VALIDATING, created_at=st.now(), model_id=finetuned.new_id())
-    with store.session() as s:
-        s.add(job)
-        s.flush()
-        lifecycle.add_event(s, job.id, f"Created fine-tuning job: {job.id}")
+    quota = store.settings.project_max_queued_jobs
+    with store.session() as s:  # the write lock: the count cannot change before the job is added
+        waiting = s.scalar(select(func.count()).select_from(Job).where(
+            Job.project_id == project.id, Job.status.in_((st.VALIDATING, st.QUEUED))))
+        if waiting < quota:
+            s.add(job)
+            s.flush()
+            lifecycle.add_event(s, job.id, f"Created fine-tuning job: {job.id}")
+    if waiting >= quota:
+        raise ApiError(429, f"Job quota exceeded: this project has {waiting} jobs waiting to run, the most it may "
+                            "have (setting TUNESMITH_PROJECT_MAX_QUEUED_JOBS); cancel one or wait for it to start.",
+                       "insufficient_quota", code="quota_exceeded")
     return job_object(job, project.name)
 
 
