@@ -23,7 +23,7 @@ SHELL := /bin/bash
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install test-clients demo guard-demo dpo-demo bench bench-quality bench-dpo-memory test clean
+.PHONY: install test-clients demo guard-demo dpo-demo bench bench-quality bench-dpo-memory fuzz test clean
 
 install: $(STAMP)
 
@@ -95,6 +95,11 @@ bench-quality: install
 
 bench-dpo-memory: install
 	$(BIN)/python bench/dpo_memory.py
+
+# Schemathesis against a live server: every operation, ≥ 1,000 generated requests, no 5xx, answers as
+# the OpenAPI document declares them. FUZZ_SEED=N FUZZ_EXAMPLES=N to vary it (also part of make test).
+fuzz: install
+	$(BIN)/python -m pytest -q -s tests/test_fuzz.py
 
 test: install test-clients
 	$(BIN)/python -m pytest -q --durations=15

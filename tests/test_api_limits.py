@@ -72,7 +72,7 @@ def test_job_fields_are_bounded(quota_server, body, param):
     alpha = quota_server["alpha"]
     file_id = upload(alpha, 12).json()["id"]
     r = alpha.post("/fine_tuning/jobs", json={"model": "smollm2-135m-instruct", "training_file": file_id, **body})
-    assert r.status_code == 422 and r.json()["error"]["param"] == param
+    assert r.status_code == 400 and r.json()["error"]["param"] == param
     ok = alpha.post("/fine_tuning/jobs", json={"model": "smollm2-135m-instruct", "training_file": file_id,
                                                "suffix": "Support-bot_v2 ünïcode"})
     assert ok.status_code == 200 and ok.json()["user_provided_suffix"] == "Support-bot_v2 ünïcode"
@@ -82,4 +82,4 @@ def test_job_fields_are_bounded(quota_server, body, param):
                                          ({"contains": "a" * 1001}, "contains"), ({"models": ["a"] * 5}, "models")])
 def test_evaluation_fields_are_bounded(quota_server, body, param):
     r = quota_server["alpha"].post("/evaluations", json={"models": ["smollm2-135m-instruct"], "file": "file-x", **body})
-    assert r.status_code == 422 and r.json()["error"]["param"] == param
+    assert r.status_code == 400 and r.json()["error"]["param"] == param

@@ -128,7 +128,7 @@ def test_admin_keys_create_list_and_revoke_keys(gated):
     assert (refused.status_code, refused.json()["error"]["code"]) == (401, "invalid_api_key")
     assert admin.delete("/v1/admin/keys/key_nope").status_code == 404
     bad = admin.post("/v1/admin/keys", json={"project": "a\nb"})
-    assert bad.status_code == 422 and bad.json()["error"]["param"] == "project"
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "project"
     still_answers(gated)
 
 

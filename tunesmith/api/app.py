@@ -34,5 +34,5 @@ def create_app(settings: Settings | None = None, run_worker: bool = True) -> Fas
     errors.install(app)
     app.add_middleware(Gate, store=store)
     for module in (files, fine_tuning, models, inference, evaluations, keys):
-        app.include_router(module.router)
+        app.include_router(module.router, responses=errors.ERROR_RESPONSES)
     return app

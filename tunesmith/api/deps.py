@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from fastapi import Request
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from tunesmith.api.errors import ApiError, model_not_found
 from tunesmith.api.gate import Caller
@@ -17,17 +18,20 @@ def get_store(request: Request) -> Store:
     return request.app.state.store
 
 
-def current_caller(request: Request) -> Caller:
-    """Who is asking: the gate (``api/gate.py``) checked the key before the route ran."""
+# Declares the bearer key in the OpenAPI document; the gate (api/gate.py) has checked it before any route runs.
+_bearer = HTTPBearer(auto_error=False, description="An API key: `tunesmith keys create --project NAME`")
+
+
+def current_caller(request: Request, _: HTTPAuthorizationCredentials | None = Depends(_bearer)) -> Caller:
+    """Who is asking, as the gate found from the key."""
     return request.state.caller
 
 
-def current_project(request: Request) -> Project:
-    return current_caller(request).project
+def current_project(caller: Caller = Depends(current_caller)) -> Project:
+    return caller.project
 
 
-def admin_caller(request: Request) -> Caller:
-    caller = current_caller(request)
+def admin_caller(caller: Caller = Depends(current_caller)) -> Caller:
     if not caller.admin:
         raise ApiError(403, "This needs an admin key (`tunesmith keys create --project NAME --admin`).",
                        "permission_error", code="admin_required")

@@ -7,11 +7,28 @@ import re
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException
+from starlette.routing import Match
 
 from tunesmith.errors import TunesmithError, UnknownModelError
 from tunesmith.jobs.lifecycle import InvalidTransition
 from tunesmith.serve.pool import ClientGone, Overloaded
+
+
+class ErrorBody(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorEnvelope(BaseModel):
+    error: ErrorBody
+
+
+# Declared on every route: any 4xx answer is this envelope.
+ERROR_RESPONSES = {"4XX": {"model": ErrorEnvelope, "description": "OpenAI's error envelope"}}
 
 
 class ApiError(Exception):
@@ -61,8 +78,19 @@ def _first_problem(errors: list[dict]) -> tuple[str | None, str]:
     if not errors:
         return None, "invalid request"
     param = path(errors[0])
-    messages = dict.fromkeys(e.get("msg", "invalid") for e in errors if path(e) == param)
+    messages = dict.fromkeys(e.get("msg", "invalid") if path(e) == param else f"{path(e)}: {e.get('msg', 'invalid')}"
+                             for e in errors if path(e) == param or path(e).startswith(f"{param}."))
     return param or None, " or ".join(messages)
+
+
+def _allowed(request: Request) -> str:
+    """Every method the request's path answers to. Starlette's own 405 names only those of the first
+    route that matched the path, and FastAPI makes a route per method."""
+    methods = set()
+    for route in request.app.routes:  # a path match with another method is a partial match
+        if route.matches(request.scope)[0] != Match.NONE:
+            methods |= getattr(route, "methods", None) or set()
+    return ", ".join(sorted(methods))
 
 
 def install(app: FastAPI) -> None:
@@ -93,13 +121,16 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError):
+        # 400, as OpenAI answers a field out of its schema (FastAPI's own default is 422)
         param, message = _first_problem(exc.errors())
-        return _envelope(422, f"{param}: {message}" if param else message, "invalid_request_error", param,
+        return _envelope(400, f"{param}: {message}" if param else message, "invalid_request_error", param,
                          "invalid_value")
 
     @app.exception_handler(HTTPException)
-    async def _http(_: Request, exc: HTTPException):
-        return _envelope(exc.status_code, str(exc.detail), _TYPES.get(exc.status_code, "server_error"))
+    async def _http(request: Request, exc: HTTPException):
+        headers = {"Allow": _allowed(request)} if exc.status_code == 405 else exc.headers
+        return _envelope(exc.status_code, str(exc.detail), _TYPES.get(exc.status_code, "server_error"),
+                         headers=headers)
 
     @app.exception_handler(Exception)
     async def _bug(_: Request, exc: Exception):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from functools import partial
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field
@@ -27,7 +27,7 @@ MAX_EXAMPLES = 1000  # examples scored per request: it holds its base model's en
 
 
 class CreateEvaluation(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     models: Annotated[list[str], Field(min_length=1, max_length=4)]  # two: the side-by-side comparison
     file: str  # an uploaded file, in any training format
     max_tokens: Annotated[int, Field(ge=1, le=4096)] = 256
@@ -36,7 +36,16 @@ class CreateEvaluation(BaseModel):
     regex: Annotated[str, Field(max_length=1000)] | None = None  # RE2 syntax: matched in linear time
 
 
-@router.post("")
+class Evaluation(BaseModel):
+    object: Literal["evaluation"]
+    file: str
+    models: list[str]
+    reports: list[dict[str, Any]]  # one per model: eval/report.py's Report.as_dict()
+    markdown: str
+    html: str
+
+
+@router.post("", response_model=Evaluation)
 async def create(body: CreateEvaluation, request: Request, project: Project = Depends(current_project),
                  store: Store = Depends(get_store)) -> dict:
     models = [resolve_model(store, project, name, param=f"models.{i}") for i, name in enumerate(body.models)]

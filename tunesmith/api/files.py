@@ -6,19 +6,31 @@ import os
 from pathlib import Path
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, Form, Query, Request, UploadFile
+from fastapi import APIRouter, Depends, Form, Query, UploadFile
 from fastapi.responses import FileResponse
+from pydantic import BaseModel
 from sqlalchemy import func, select
 
 from tunesmith.api.deps import current_project, get_store
 from tunesmith.api.errors import ApiError, not_found
-from tunesmith.api.lists import page
+from tunesmith.api.lists import After, Deleted, Page, page
 from tunesmith.jobs import store as st
 from tunesmith.jobs.store import File, Project, Store
 
 router = APIRouter(prefix="/v1/files")
-PURPOSES = ("fine-tune",)
 CHUNK = 1 << 20
+
+
+class FileObject(BaseModel):
+    id: str
+    object: Literal["file"]
+    bytes: int
+    created_at: int
+    filename: str
+    purpose: str
+    status: str
+    status_details: str | None
+    expires_at: int | None
 
 
 def file_object(f: File) -> dict:
@@ -34,11 +46,9 @@ def owned_file(store: Store, project: Project, file_id: str, param: str = "id") 
     return f
 
 
-@router.post("")
-def upload(request: Request, file: UploadFile, purpose: Annotated[str, Form()],
+@router.post("", response_model=FileObject)
+def upload(file: UploadFile, purpose: Annotated[Literal["fine-tune"], Form()],
            project: Project = Depends(current_project), store: Store = Depends(get_store)) -> dict:
-    if purpose not in PURPOSES:
-        raise ApiError(400, f"purpose must be one of {', '.join(PURPOSES)}; got {purpose!r}", param="purpose")
     limit = store.settings.max_upload_bytes
     file_id = st.make_id("file-")
     path = store.settings.files_dir / file_id
@@ -73,9 +83,10 @@ def upload(request: Request, file: UploadFile, purpose: Annotated[str, Form()],
     return file_object(row)
 
 
-@router.get("")
-def list_files(purpose: str | None = None, limit: Annotated[int, Query(ge=1, le=10000)] = 10000,
-               after: str | None = None, order: Literal["asc", "desc"] = "desc",
+@router.get("", response_model=Page[FileObject])
+def list_files(purpose: Annotated[str | None, Query(max_length=64)] = None,
+               limit: Annotated[int, Query(ge=1, le=10000)] = 10000, after: After = None,
+               order: Literal["asc", "desc"] = "desc",
                project: Project = Depends(current_project), store: Store = Depends(get_store)) -> dict:
     with store.read() as s:
         query = select(File).where(File.project_id == project.id)
@@ -86,19 +97,21 @@ def list_files(purpose: str | None = None, limit: Annotated[int, Query(ge=1, le=
     return page(rows, file_object, limit, after)
 
 
-@router.get("/{file_id}")
+@router.get("/{file_id}", response_model=FileObject)
 def retrieve(file_id: str, project: Project = Depends(current_project), store: Store = Depends(get_store)) -> dict:
     return file_object(owned_file(store, project, file_id))
 
 
-@router.get("/{file_id}/content")
+@router.get("/{file_id}/content", response_class=FileResponse,
+            responses={200: {"content": {"application/octet-stream": {"schema": {"type": "string",
+                                                                             "format": "binary"}}}}})
 def content(file_id: str, project: Project = Depends(current_project),
             store: Store = Depends(get_store)) -> FileResponse:
     f = owned_file(store, project, file_id)
     return FileResponse(f.path, media_type="application/octet-stream", filename=f.filename)
 
 
-@router.delete("/{file_id}")
+@router.delete("/{file_id}", response_model=Deleted)
 def delete(file_id: str, project: Project = Depends(current_project), store: Store = Depends(get_store)) -> dict:
     f = owned_file(store, project, file_id)
     with store.session() as s:

@@ -16,7 +16,7 @@ from sqlalchemy import func, select
 from tunesmith.api.deps import current_project, get_store, resolve_model
 from tunesmith.api.errors import ApiError, not_found
 from tunesmith.api.files import owned_file
-from tunesmith.api.lists import page
+from tunesmith.api.lists import After, Page, page
 from tunesmith.jobs import store as st
 from tunesmith.jobs.store import Checkpoint, Event, Job, Project, Store
 from tunesmith.jobs import lifecycle
@@ -29,7 +29,7 @@ Auto = Literal["auto"]
 
 
 class Hyperparameters(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     n_epochs: Auto | Annotated[int, Field(ge=1, le=50)] = "auto"
     batch_size: Auto | Annotated[int, Field(ge=1, le=256)] = "auto"
     learning_rate_multiplier: Auto | Annotated[float, Field(gt=0, le=100)] = "auto"
@@ -45,14 +45,17 @@ class DpoHyperparameters(Hyperparameters):
 
 
 class Supervised(BaseModel):
+    model_config = ConfigDict(strict=True)  # JSON types as the schema states them, no coercion
     hyperparameters: Hyperparameters | None = None
 
 
 class Dpo(BaseModel):
+    model_config = ConfigDict(strict=True)  # JSON types as the schema states them, no coercion
     hyperparameters: DpoHyperparameters | None = None
 
 
 class Method(BaseModel):
+    model_config = ConfigDict(strict=True)  # JSON types as the schema states them, no coercion
     type: Literal["supervised", "dpo", "reinforcement"]
     supervised: Supervised | None = None
     dpo: Dpo | None = None
@@ -60,6 +63,7 @@ class Method(BaseModel):
 
 
 class CreateJob(BaseModel):
+    model_config = ConfigDict(strict=True)  # JSON types as the schema states them, no coercion
     model: str
     training_file: str
     validation_file: str | None = None
@@ -70,6 +74,55 @@ class CreateJob(BaseModel):
     seed: Annotated[int, Field(ge=0, le=2**31 - 1)] | None = None
     metadata: Annotated[dict[str, Annotated[str, Field(max_length=512)]], Field(max_length=16)] | None = None
     integrations: Annotated[list[dict[str, Any]], Field(max_length=8)] | None = None  # accepted, not run
+
+
+class JobError(BaseModel):
+    code: str | None
+    message: str
+    param: str | None
+
+
+class FineTuningJob(BaseModel):
+    id: str
+    object: Literal["fine_tuning.job"]
+    created_at: int
+    error: JobError | None
+    fine_tuned_model: str | None
+    finished_at: int | None
+    hyperparameters: dict[str, Any]
+    model: str
+    organization_id: str
+    result_files: list[str]
+    seed: int
+    status: Literal[st.VALIDATING, st.QUEUED, st.RUNNING, st.SUCCEEDED, st.FAILED, st.CANCELLED, st.PAUSED]
+    trained_tokens: int | None
+    training_file: str
+    validation_file: str | None
+    integrations: list[dict[str, Any]]
+    user_provided_suffix: str | None
+    estimated_finish: int | None
+    metadata: dict[str, str] | None
+    method: dict[str, Any]
+
+
+class JobEvent(BaseModel):
+    id: str
+    object: Literal["fine_tuning.job.event"]
+    created_at: int
+    level: str
+    message: str
+    data: dict[str, Any]
+    type: str
+
+
+class JobCheckpoint(BaseModel):
+    id: str
+    object: Literal["fine_tuning.job.checkpoint"]
+    created_at: int
+    fine_tuned_model_checkpoint: str
+    fine_tuning_job_id: str
+    metrics: dict[str, Any]
+    step_number: int
 
 
 def job_object(job: Job, org: str) -> dict:
@@ -92,7 +145,7 @@ def _owned_job(s, project: Project, job_id: str) -> Job:
     return job
 
 
-@router.post("")
+@router.post("", response_model=FineTuningJob)
 def create(body: CreateJob, project: Project = Depends(current_project), store: Store = Depends(get_store)) -> dict:
     method = body.method.type if body.method else "supervised"
     if method not in ("supervised", "dpo"):
@@ -127,8 +180,8 @@ def create(body: CreateJob, project: Project = Depends(current_project), store: 
     return job_object(job, project.name)
 
 
-@router.get("")
-def list_jobs(request: Request, limit: Annotated[int, Query(ge=1, le=100)] = 20, after: str | None = None,
+@router.get("", response_model=Page[FineTuningJob])
+def list_jobs(request: Request, limit: Annotated[int, Query(ge=1, le=100)] = 20, after: After = None,
               project: Project = Depends(current_project), store: Store = Depends(get_store)) -> dict:
     # metadata filters arrive as metadata[key]=value query parameters
     wanted = {k[len("metadata["):-1]: v for k, v in request.query_params.items()
@@ -140,7 +193,7 @@ def list_jobs(request: Request, limit: Annotated[int, Query(ge=1, le=100)] = 20,
     return page(rows, lambda j: job_object(j, project.name), limit, after)
 
 
-@router.get("/{job_id}")
+@router.get("/{job_id}", response_model=FineTuningJob)
 def retrieve(job_id: str, project: Project = Depends(current_project), store: Store = Depends(get_store)) -> dict:
     with store.read() as s:
         return job_object(_owned_job(s, project, job_id), project.name)
@@ -153,17 +206,17 @@ def _transition(store: Store, project: Project, job_id: str, to: str, message: s
         return job_object(job, project.name)
 
 
-@router.post("/{job_id}/cancel")
+@router.post("/{job_id}/cancel", response_model=FineTuningJob)
 def cancel(job_id: str, project: Project = Depends(current_project), store: Store = Depends(get_store)) -> dict:
     return _transition(store, project, job_id, st.CANCELLED, "Fine-tuning job cancelled")
 
 
-@router.post("/{job_id}/pause")
+@router.post("/{job_id}/pause", response_model=FineTuningJob)
 def pause(job_id: str, project: Project = Depends(current_project), store: Store = Depends(get_store)) -> dict:
     return _transition(store, project, job_id, st.PAUSED, "Fine-tuning job paused")
 
 
-@router.post("/{job_id}/resume")
+@router.post("/{job_id}/resume", response_model=FineTuningJob)
 def resume(job_id: str, project: Project = Depends(current_project), store: Store = Depends(get_store)) -> dict:
     return _transition(store, project, job_id, st.QUEUED, "Fine-tuning job resumed; it continues from its "
                                                           "newest checkpoint")
@@ -174,8 +227,8 @@ def event_object(e: Event) -> dict:
             "message": e.message, "data": e.data or {}, "type": e.type}
 
 
-@router.get("/{job_id}/events")
-def events(job_id: str, limit: Annotated[int, Query(ge=1, le=1000)] = 20, after: str | None = None,
+@router.get("/{job_id}/events", response_model=Page[JobEvent])
+def events(job_id: str, limit: Annotated[int, Query(ge=1, le=1000)] = 20, after: After = None,
            project: Project = Depends(current_project), store: Store = Depends(get_store)) -> dict:
     return _job_children(store, project, job_id, select(Event).order_by(Event.seq.desc()), event_object, limit,
                          after)
@@ -187,8 +240,8 @@ def checkpoint_object(c: Checkpoint) -> dict:
             "step_number": c.step}
 
 
-@router.get("/{job_id}/checkpoints")
-def checkpoints(job_id: str, limit: Annotated[int, Query(ge=1, le=100)] = 10, after: str | None = None,
+@router.get("/{job_id}/checkpoints", response_model=Page[JobCheckpoint])
+def checkpoints(job_id: str, limit: Annotated[int, Query(ge=1, le=100)] = 10, after: After = None,
                 project: Project = Depends(current_project), store: Store = Depends(get_store)) -> dict:
     return _job_children(store, project, job_id, select(Checkpoint).order_by(Checkpoint.step.desc()),
                          checkpoint_object, limit, after)

@@ -40,20 +40,24 @@ T = TypeVar("T")
 
 
 class StreamOptions(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)
     include_usage: bool = False
 
 
-class _Sampled(BaseModel):
-    """Fields both endpoints share. Other OpenAI fields are accepted and ignored; null means the default."""
+StopText = Annotated[str, Field(max_length=MAX_STOP_CHARS)]
 
-    model_config = ConfigDict(extra="allow")
-    model: str
-    temperature: float | None = None
-    top_p: float | None = None
-    stop: str | list[str] | None = None
+
+class _Sampled(BaseModel):
+    """Fields both endpoints share, bounded in the schema. Other OpenAI fields are accepted and ignored;
+    null means the default."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+    model: Annotated[str, Field(max_length=256)]
+    temperature: Annotated[float, Field(ge=0, le=2)] | None = None
+    top_p: Annotated[float, Field(ge=0, le=1)] | None = None
+    stop: StopText | Annotated[list[StopText], Field(max_length=MAX_STOPS)] | None = None
     seed: Seed | None = None
-    n: int | None = None
+    n: Annotated[int, Field(ge=1, le=MAX_N)] | None = None
     stream: bool | None = None
     stream_options: StreamOptions | None = None
 
@@ -65,41 +69,31 @@ class _Sampled(BaseModel):
     def include_usage(self) -> bool:
         return bool(self.stream_options and self.stream_options.include_usage)
 
-    def sampling(self, max_tokens: int | None, default_max_tokens: int, param: str = "max_tokens") -> Sampling:
-        """The engine's sampling settings; a value out of range is a 400 naming its parameter."""
-        temperature = 1.0 if self.temperature is None else self.temperature
-        top_p = 1.0 if self.top_p is None else self.top_p
-        asked, max_tokens = max_tokens, default_max_tokens if max_tokens is None else max_tokens
-        stops = [self.stop] if isinstance(self.stop, str) else self.stop or []
-        if not 0 <= temperature <= 2:
-            raise ApiError(400, f"temperature must be between 0 and 2, got {temperature}.", param="temperature")
-        if not 0 <= top_p <= 1:
-            raise ApiError(400, f"top_p must be between 0 and 1, got {top_p}.", param="top_p")
-        if max_tokens < 1:
-            raise ApiError(400, f"{param} must be at least 1, got {max_tokens}.", param=param)
-        if len(stops) > MAX_STOPS:
-            raise ApiError(400, f"stop takes at most {MAX_STOPS} strings, got {len(stops)}.", param="stop")
-        if any(len(stop) > MAX_STOP_CHARS for stop in stops):
-            raise ApiError(400, f"each stop string may be at most {MAX_STOP_CHARS} characters long.", param="stop")
-        if not 1 <= self.answers <= MAX_N:
-            raise ApiError(400, f"n must be between 1 and {MAX_N}, got {self.n}.", param="n")
+    def sampling(self, max_tokens: int | None, default_max_tokens: int) -> Sampling:
+        """The engine's sampling settings; what the schema cannot say is checked here, a 400 naming its field."""
         if self.stream and self.answers > 1:
             raise ApiError(400, "Streaming answers with n=1 only; ask without stream for several answers.",
                            param="n")
         if self.stream_options is not None and not self.stream:
             raise ApiError(400, "stream_options is only allowed when stream is true.", param="stream_options")
-        return Sampling(max_tokens, temperature, top_p, tuple(s for s in stops if s), self.seed,
-                        fit_to_context=asked is None)
+        stops = [self.stop] if isinstance(self.stop, str) else self.stop or []
+        return Sampling(default_max_tokens if max_tokens is None else max_tokens,
+                        1.0 if self.temperature is None else self.temperature,
+                        1.0 if self.top_p is None else self.top_p, tuple(s for s in stops if s), self.seed,
+                        fit_to_context=max_tokens is None)
+
+
+MaxTokens = Annotated[int, Field(ge=1)]
 
 
 class ContentPart(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)
     type: str
     text: str | None = None
 
 
 class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[ContentPart] | None = None
     name: str | None = None
@@ -108,23 +102,15 @@ class ChatMessage(BaseModel):
 
 
 class ChatRequest(_Sampled):
-    messages: list[ChatMessage]
-    max_tokens: int | None = None
-    max_completion_tokens: int | None = None
+    messages: Annotated[list[ChatMessage], Field(min_length=1, max_length=MAX_MESSAGES)]
+    max_tokens: MaxTokens | None = None
+    max_completion_tokens: MaxTokens | None = None  # the newer name of max_tokens
     tools: list[dict] | None = None
     logprobs: bool | None = None
-    top_logprobs: int | None = None
+    top_logprobs: Annotated[int, Field(ge=0, le=MAX_TOP_LOGPROBS)] | None = None
 
     def conversation(self) -> list[dict]:
         """The messages as the chat template renders them, normalised like training data."""
-        if not self.messages:
-            raise ApiError(400, "messages must not be empty.", param="messages")
-        if len(self.messages) > MAX_MESSAGES:
-            raise ApiError(400, f"messages may hold at most {MAX_MESSAGES} messages, got {len(self.messages)}.",
-                           param="messages")
-        if self.top_logprobs is not None and not 0 <= self.top_logprobs <= MAX_TOP_LOGPROBS:
-            raise ApiError(400, f"top_logprobs must be between 0 and {MAX_TOP_LOGPROBS}, got {self.top_logprobs}.",
-                           param="top_logprobs")
         if self.logprobs or self.top_logprobs:
             raise _no_logprobs("logprobs" if self.logprobs else "top_logprobs")
         if self.tools:
@@ -143,24 +129,21 @@ class ChatRequest(_Sampled):
         return conversation
 
 
+Prompt = Annotated[str, Field(min_length=1)]
+
+
 class CompletionRequest(_Sampled):
-    prompt: str | list[str]
-    max_tokens: int | None = None
-    logprobs: int | None = None
+    prompt: Prompt | Annotated[list[Prompt], Field(min_length=1, max_length=MAX_PROMPTS)]
+    max_tokens: MaxTokens | None = None
+    logprobs: Annotated[int, Field(ge=0, le=5)] | None = None
     echo: bool | None = None
     suffix: str | None = None
 
     def prompts(self) -> list[str]:
         prompts = [self.prompt] if isinstance(self.prompt, str) else self.prompt
-        if not prompts or not all(prompts):
-            raise ApiError(400, "prompt must be a non-empty string or a non-empty list of them.", param="prompt")
-        if len(prompts) > MAX_PROMPTS:
-            raise ApiError(400, f"prompt may list at most {MAX_PROMPTS} prompts, got {len(prompts)}.", param="prompt")
         if len(prompts) * self.answers > MAX_ANSWERS:
             raise ApiError(400, f"at most {MAX_ANSWERS} answers per request (prompts × n), asked "
                                 f"{len(prompts) * self.answers}.", param="n")
-        if self.logprobs is not None and not 0 <= self.logprobs <= 5:
-            raise ApiError(400, f"logprobs must be between 0 and 5, got {self.logprobs}.", param="logprobs")
         if self.logprobs:
             raise _no_logprobs("logprobs")
         for field in ("echo", "suffix"):
@@ -173,17 +156,63 @@ class CompletionRequest(_Sampled):
         return prompts
 
 
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class AssistantMessage(BaseModel):
+    role: Literal["assistant"]
+    content: str
+    refusal: None
+
+
+class ChatChoice(BaseModel):
+    index: int
+    message: AssistantMessage
+    logprobs: None
+    finish_reason: Literal["stop", "length"]
+
+
+class ChatCompletion(BaseModel):
+    id: str
+    object: Literal["chat.completion"]
+    created: int
+    model: str
+    choices: list[ChatChoice]
+    usage: Usage
+    system_fingerprint: None
+
+
+class CompletionChoice(BaseModel):
+    text: str
+    index: int
+    logprobs: None
+    finish_reason: Literal["stop", "length"]
+
+
+class Completion(BaseModel):
+    id: str
+    object: Literal["text_completion"]
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+    usage: Usage
+
+
+# With "stream": true the answer is server-sent events: "data: {chunk}" lines, then "data: [DONE]".
+_STREAMED = {200: {"content": {"text/event-stream": {"schema": {"type": "string"}}}}}
+
+
 def _no_logprobs(param: str) -> ApiError:
     return ApiError(400, "Log-probabilities are not supported by this server yet.", param=param,
                     code="unsupported_parameter")
 
 
-@router.post("/v1/chat/completions")
+@router.post("/v1/chat/completions", response_model=ChatCompletion, responses=_STREAMED)
 async def chat_completions(body: ChatRequest, request: Request, project: Project = Depends(current_project)):
-    if body.max_completion_tokens is not None:  # the newer name of max_tokens
-        sampling = body.sampling(body.max_completion_tokens, 256, "max_completion_tokens")
-    else:
-        sampling = body.sampling(body.max_tokens, 256)
+    sampling = body.sampling(body.max_completion_tokens or body.max_tokens, 256)
     conversation = body.conversation()
     resolved = await _resolve(request, project, body.model)
     pool: EnginePool = request.app.state.engines
@@ -200,7 +229,7 @@ async def chat_completions(body: ChatRequest, request: Request, project: Project
     return {**head, "choices": choices, "usage": _usage(replies, body.answers), "system_fingerprint": None}
 
 
-@router.post("/v1/completions")
+@router.post("/v1/completions", response_model=Completion, responses=_STREAMED)
 async def completions(body: CompletionRequest, request: Request, project: Project = Depends(current_project)):
     sampling = body.sampling(body.max_tokens, 16)
     prompts = body.prompts()

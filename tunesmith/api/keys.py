@@ -20,7 +20,7 @@ PROJECT_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
 
 
 class CreateKey(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     project: Annotated[str, Field(min_length=1, max_length=64, pattern=PROJECT_NAME)]
     admin: bool = False
 

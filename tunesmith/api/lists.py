@@ -3,7 +3,28 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Annotated, Any, Generic, Literal, TypeVar
+
+from fastapi import Query
+from pydantic import BaseModel
+
+T = TypeVar("T")
+# The cursor of a list request: an object id
+After = Annotated[str | None, Query(max_length=64)]
+
+
+class Page(BaseModel, Generic[T]):
+    object: Literal["list"] = "list"
+    data: list[T]
+    has_more: bool
+    first_id: str | None
+    last_id: str | None
+
+
+class Deleted(BaseModel):
+    id: str
+    object: str
+    deleted: bool
 
 
 def page(rows: Sequence[Any], render: Callable[[Any], dict], limit: int, after: str | None) -> dict:
