@@ -237,7 +237,8 @@ def main() -> None:
           f"{summary['requests']} requests, {summary['server_errors']} 5xx")
     print(render(summary))
     after = job["ended_s_after_load"]
-    print(f"training job {job['id']} ({job['examples']} examples × {job['epochs']} epochs): {job['status']}"
+    epochs = f"{job['epochs']} epoch" + ("s" if job["epochs"] != 1 else "")
+    print(f"training job {job['id']} ({job['examples']} examples × {epochs}): {job['status']}"
           + (f" ({job['error']})" if job["error"] else "")
           + ("" if after is None else f", {abs(after)} s {'after' if after >= 0 else 'before'} the load ended"))
     print("PASS" if not failed else "FAIL: " + "; ".join(failed))
