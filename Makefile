@@ -4,6 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.installed-bench
+LOAD_STAMP  := $(VENV)/.installed-load
 DEMO   := demo-output
 
 # The client-compatibility tests (tests/test_external_clients.py) drive the server with the
@@ -23,7 +24,7 @@ SHELL := /bin/bash
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install test-clients demo guard-demo dpo-demo bench bench-quality bench-dpo-memory fuzz test clean
+.PHONY: install test-clients demo guard-demo dpo-demo bench bench-quality bench-dpo-memory fuzz load test clean
 
 install: $(STAMP)
 
@@ -101,8 +102,19 @@ bench-dpo-memory: install
 fuzz: install
 	$(BIN)/python -m pytest -q -s tests/test_fuzz.py
 
+$(LOAD_STAMP): $(STAMP)
+	$(BIN)/pip install -q --disable-pip-version-check -e '.[load]'
+	touch $@
+
+# Locust against a live server on 127.0.0.1 while one training job runs: 50 users for 60 s by default
+# (a few minutes in all, with the job's end). LOAD_ARGS="--users 10 --duration 15" for a short run.
+LOAD_ARGS ?=
+load: $(LOAD_STAMP)
+	$(BIN)/python bench/load/run.py --json bench-load.json $(LOAD_ARGS)
+
 test: install test-clients
 	$(BIN)/python -m pytest -q --durations=15
 
 clean:
-	rm -rf $(VENV) $(DEMO) $(CLI_VENV) $(NODE_DIR)/node_modules bench-throughput.json bench-quality.json
+	rm -rf $(VENV) $(DEMO) $(CLI_VENV) $(NODE_DIR)/node_modules bench-throughput.json bench-quality.json \
+		bench-load.json
