@@ -132,13 +132,41 @@ def test_node_sdk_tutorial_script(client_env, data_dir):
     if not (NODE_DIR / "node_modules" / "openai" / "package.json").exists():
         pytest.fail("tests/node/node_modules is missing: run `make test` (it runs `npm ci --prefix tests/node`)")
 
-    done = subprocess.run([node, str(NODE_DIR / "create_job.mjs"), str(data_dir / "train.jsonl"), SMOL,
+    done = subprocess.run([node, str(NODE_DIR / "create_job.mjs"), str(data_dir / "train.jsonl"), "gpt-3.5-turbo",
                            str(HYPER["n_epochs"]), str(HYPER["batch_size"])],
                           env=client_env, cwd=data_dir, capture_output=True, text=True, timeout=420)
     assert done.returncode == 0, f"node create_job.mjs failed:\n{done.stdout}\n{done.stderr}"
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["id"].startswith("ftjob-"), result
     assert result["status"] == "succeeded", (result, done.stdout)
-    assert result["fine_tuned_model"].startswith(f"ft:{SMOL}:"), result
+    assert result["fine_tuned_model"].startswith("ft:gpt-3.5-turbo:"), result  # named after the alias, as at OpenAI
     assert result["trained_tokens"] > 0 and result["events"] >= 5 + 2, result  # 5 metrics + messages
     assert "- " in done.stdout  # the tutorial's event lines were printed while polling
+    assert f"stands for {SMOL} here" in done.stdout
+    assert result["answer"], result
+
+
+def test_python_sdk_docs_script_on_an_openai_model_name(client_env, data_dir):
+    """The fine-tuning guide's Python steps, verbatim but for the data: the model is OpenAI's name."""
+    from openai import OpenAI
+
+    client = OpenAI(base_url=client_env["OPENAI_BASE_URL"], api_key=client_env["OPENAI_API_KEY"])
+    training = client.files.create(file=open(data_dir / "train.jsonl", "rb"), purpose="fine-tune")
+    job = client.fine_tuning.jobs.create(training_file=training.id, model="gpt-4o-mini-2024-07-18",
+                                         hyperparameters=HYPER)
+    assert job.model == "gpt-4o-mini-2024-07-18"
+    deadline = time.time() + 300
+    while job.status not in FINISHED:
+        assert time.time() < deadline, f"job still {job.status} after 300 s"
+        time.sleep(1)
+        job = client.fine_tuning.jobs.retrieve(job.id)
+    assert job.status == "succeeded", job.error
+    assert job.fine_tuned_model.startswith("ft:gpt-4o-mini-2024-07-18:"), job.fine_tuned_model
+    first = list(client.fine_tuning.jobs.list_events(job.id, limit=100))[-1]
+    assert first.message.startswith(f"Created fine-tuning job: {job.id} (gpt-4o-mini-2024-07-18 stands for {SMOL}")
+    completion = client.chat.completions.create(model=job.fine_tuned_model,
+                                                messages=[{"role": "user", "content": "Planet number 3?"}],
+                                                max_tokens=8)
+    assert completion.model == job.fine_tuned_model and completion.choices[0].message.content
+    listed = {m.id: m.owned_by for m in client.models.list()}
+    assert listed["gpt-4o-mini-2024-07-18"] == f"tunesmith (alias of {SMOL})"

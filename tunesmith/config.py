@@ -11,6 +11,11 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
+# The base models of OpenAI's fine-tuning docs, current and legacy: what migrating scripts name.
+OPENAI_MODEL_NAMES = ("gpt-4o-mini-2024-07-18", "gpt-4o-mini", "gpt-4.1-mini-2025-04-14", "gpt-4.1-mini",
+                      "gpt-4.1-nano-2025-04-14", "gpt-4.1-nano", "gpt-3.5-turbo", "gpt-3.5-turbo-0125",
+                      "babbage-002", "davinci-002", "ada", "babbage", "curie", "davinci")
+
 # "auto": bf16 autocast where the hardware multiplies bf16 natively, fp32 elsewhere (train/precision.py).
 PrecisionSetting = Literal["auto", "bf16", "fp32"]
 
@@ -27,6 +32,9 @@ class Settings(BaseSettings):
     home: Path = Field(default_factory=lambda: Path.home() / ".tunesmith")
     org: str = "local"
     default_model: str = "smollm2-135m-instruct"
+    # OpenAI model names → local base models, so that scripts written for OpenAI run unchanged.
+    # None: each of OPENAI_MODEL_NAMES stands for default_model; {} (TUNESMITH_MODEL_ALIASES='{}'): none.
+    model_aliases: dict[str, str] | None = None
     threads: int = Field(default_factory=_usable_cpus)
     precision: PrecisionSetting = "auto"
     database_url: str | None = None  # default: SQLite file under home
@@ -43,6 +51,12 @@ class Settings(BaseSettings):
     max_running_jobs: int = 1  # jobs training at once; queued ones are taken round-robin across projects
     # On shutdown, running jobs get this long to finish their step and write a checkpoint.
     shutdown_grace_seconds: float = 30.0
+
+    @property
+    def aliases(self) -> dict[str, str]:
+        if self.model_aliases is None:
+            return dict.fromkeys(OPENAI_MODEL_NAMES, self.default_model)
+        return self.model_aliases
 
     @property
     def models_dir(self) -> Path:

@@ -6,7 +6,7 @@
 //   OPENAI_BASE_URL=http://127.0.0.1:8000/v1 OPENAI_API_KEY=sk-ts-... \
 //     node tests/node/create_job.mjs train.jsonl [model] [n_epochs] [batch_size]
 //
-// The last line printed is JSON: {"id", "status", "fine_tuned_model", "trained_tokens", "events"}.
+// The last line printed is JSON: {"id", "status", "fine_tuned_model", "trained_tokens", "events", "answer"}.
 import fs from 'fs';
 import OpenAI from 'openai';
 
@@ -55,6 +55,18 @@ async function main() {
   const all = [];
   for await (const event of client.fineTuning.jobs.listEvents(fineTune.id, { limit: 20 })) all.push(event);
 
+  // Then, as the tutorial's last step, use the model.
+  let answer = null;
+  if (fineTune.status === 'succeeded') {
+    const completion = await client.chat.completions.create({
+      model: fineTune.fine_tuned_model,
+      messages: [{ role: 'user', content: 'Planet number 3?' }],
+      max_tokens: 8,
+    });
+    answer = completion.choices[0].message.content;
+    console.log(`Answer: ${answer}`);
+  }
+
   console.log(JSON.stringify({
     id: fineTune.id,
     status: fineTune.status,
@@ -62,6 +74,7 @@ async function main() {
     trained_tokens: fineTune.trained_tokens,
     error: fineTune.error ?? null,
     events: all.length,
+    answer,
   }));
 }
 

@@ -39,8 +39,9 @@ def admin_caller(caller: Caller = Depends(current_caller)) -> Caller:
 
 
 def resolve_model(store: Store, project: Project, name: str, param: str = "model") -> ResolvedModel:
-    """A bundled base model, or a fine-tuned model or checkpoint that belongs to ``project``; else 404."""
-    if not name.startswith("ft:") and name not in BUNDLED:
+    """A bundled base model or an alias of one, or a fine-tuned model or checkpoint that belongs to
+    ``project``; else 404."""
+    if not name.startswith("ft:") and name not in BUNDLED and name not in store.settings.aliases:
         raise model_not_found(name, param)
     try:
         return registry.resolve(name, store, project.id)

@@ -151,7 +151,7 @@ def create(body: CreateJob, project: Project = Depends(current_project), store: 
     if method not in ("supervised", "dpo"):
         raise ApiError(400, f"method type {method!r} is not supported yet; use 'supervised' or 'dpo'",
                        param="method.type")
-    resolve_model(store, project, body.model)
+    start = resolve_model(store, project, body.model)
     for param in ("training_file", "validation_file"):
         file_id = getattr(body, param)
         if file_id is not None and owned_file(store, project, file_id, param).purpose != "fine-tune":
@@ -172,7 +172,9 @@ def create(body: CreateJob, project: Project = Depends(current_project), store: 
         if waiting < quota:
             s.add(job)
             s.flush()
-            lifecycle.add_event(s, job.id, f"Created fine-tuning job: {job.id}")
+            alias = (f" ({body.model} stands for {start.base} here: the job trains {start.base})"
+                     if body.model in store.settings.aliases else "")
+            lifecycle.add_event(s, job.id, f"Created fine-tuning job: {job.id}{alias}")
     if waiting >= quota:
         raise ApiError(429, f"Job quota exceeded: this project has {waiting} jobs waiting to run, the most it may "
                             "have (setting TUNESMITH_PROJECT_MAX_QUEUED_JOBS); cancel one or wait for it to start.",

@@ -31,6 +31,11 @@ class ModelList(BaseModel):
     data: list[ModelObject]
 
 
+def alias_owner(base: str) -> str:
+    """``owned_by`` of an OpenAI model name: what it stands for here."""
+    return f"tunesmith (alias of {base})"
+
+
 def _object(name: str, created: int, owned_by: str) -> dict:
     return {"id": name, "object": "model", "created": created, "owned_by": owned_by}
 
@@ -38,6 +43,7 @@ def _object(name: str, created: int, owned_by: str) -> dict:
 @router.get("", response_model=ModelList)
 def list_models(project: Project = Depends(current_project), store: Store = Depends(get_store)) -> dict:
     data = [_object(name, BASE_CREATED, "tunesmith") for name in BUNDLED]
+    data += [_object(alias, BASE_CREATED, alias_owner(base)) for alias, base in store.settings.aliases.items()]
     data += [_object(m.name, m.created_at, project.name) for m in registry.list_models(store, project.id)]
     return {"object": "list", "data": data}
 
@@ -47,6 +53,8 @@ def retrieve(name: str, project: Project = Depends(current_project), store: Stor
     resolve_model(store, project, name)
     if name in BUNDLED:
         return _object(name, BASE_CREATED, "tunesmith")
+    if name in store.settings.aliases:
+        return _object(name, BASE_CREATED, alias_owner(store.settings.aliases[name]))
     with store.read() as s:
         row = s.get(Model, name)
     return _object(name, row.created_at if row else BASE_CREATED, project.name)
@@ -54,7 +62,7 @@ def retrieve(name: str, project: Project = Depends(current_project), store: Stor
 
 @router.delete("/{name:path}", response_model=Deleted)
 def delete(name: str, project: Project = Depends(current_project), store: Store = Depends(get_store)) -> dict:
-    if name in BUNDLED:
+    if name in BUNDLED or name in store.settings.aliases:
         raise ApiError(400, f"{name} is a base model; only fine-tuned models can be deleted", param="model")
     try:
         registry.delete(store, name, project.id)

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import re
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
+from types import MappingProxyType
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -39,16 +41,18 @@ def record(data: dict) -> FineTunedModel:
 
 
 def resolve(name: str, store: Store, project_id: str | None = None) -> ResolvedModel:
-    """A base model name (returned as is) or an ``ft:`` model or checkpoint of ``project_id`` (any
-    project when None: the operator's CLI); ``UnknownModelError`` otherwise."""
+    """A base model name (returned as is), an alias of one (settings' ``aliases``: an OpenAI model
+    name), or an ``ft:`` model or checkpoint of ``project_id`` (any project when None: the operator's
+    CLI); ``UnknownModelError`` otherwise."""
     with store.read() as s:
-        return lookup(s, name, project_id)
+        return lookup(s, name, project_id, store.settings.aliases)
 
 
-def lookup(s: Session, name: str, project_id: str | None = None) -> ResolvedModel:
+def lookup(s: Session, name: str, project_id: str | None = None,
+           aliases: Mapping[str, str] = MappingProxyType({})) -> ResolvedModel:
     """``resolve`` inside a transaction the caller holds."""
     if not name.startswith("ft:"):
-        return ResolvedModel.of_base(name)
+        return ResolvedModel(name, aliases[name], None, None) if name in aliases else ResolvedModel.of_base(name)
     ckpt = _CKPT.match(name)
     model_name = ckpt.group(1) if ckpt else name
     row = s.get(Model, model_name)

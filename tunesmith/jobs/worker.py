@@ -227,8 +227,8 @@ class Worker:
             paths[param] = file.path if file else None
         spec = {**paths, "model": job.model, "method": TRAIN_METHOD[job.method], "suffix": job.suffix,
                 "seed": job.seed, "org": project.name, **job.hyperparameters}
-        start = registry.lookup(s, job.model, job.project_id)  # a model deleted since: fails the job
-        start = {**asdict(start), "weights": str(start.weights)} if start.weights else None
+        start = registry.lookup(s, job.model, job.project_id, self.settings.aliases)  # deleted since: fails the job
+        start = {**asdict(start), "weights": str(start.weights) if start.weights else None}
         first = job.started_at is None
         lifecycle.transition(s, job, st.RUNNING, "worker",
                              "Fine-tuning job started" if first else "Fine-tuning job resumed",
@@ -336,7 +336,8 @@ class Worker:
         records, offset = read_new(self.job_dir(job.id) / EVENTS_FILE, job.events_offset)
         if not records:
             return
-        name_prefix = finetuned.model_name(job.base, s.get(st.Project, job.project_id).name, job.suffix, job.model_id)
+        name_prefix = finetuned.model_name(finetuned.family(job.model), s.get(st.Project, job.project_id).name,
+                                           job.suffix, job.model_id)
         for r in records:
             if r["kind"] == "event":
                 add_event(s, job.id, r["message"], level=r.get("level", "info"), key=r["key"],

@@ -27,6 +27,12 @@ def model_name(base: str, org: str, suffix: str | None, short_id: str) -> str:
     return f"ft:{base}:{org}:{suffix or ''}:{short_id}"
 
 
+def family(name: str) -> str:
+    """The base a model's name shows, as its first client named it: ``gpt-4o-mini`` for a job created
+    on that alias and for every model tuned from its models, as OpenAI names them."""
+    return name.split(":")[1] if name.startswith("ft:") else name
+
+
 @dataclass
 class FineTunedModel:
     id: str  # short id, the last part of the name

@@ -211,7 +211,9 @@ def run_job(spec: TrainSpec, reporter: JobReporter, settings: Settings | None = 
         _report_choice(result, spec.patience, reporter)
         outcome.best_checkpoint, outcome.early_stopped = str(chosen.path), result.early_stopped
     short_id = model_id or finetuned.new_id()
-    name = finetuned.model_name(info.name, spec.org or settings.org, spec.suffix, short_id)
+    # named after what the client asked for: an alias (OpenAI's model name) or the model it continues
+    shown = info.name if start.name == start.base else finetuned.family(start.name)
+    name = finetuned.model_name(shown, spec.org or settings.org, spec.suffix, short_id)
     final_dir = job_dir / "model"
     shutil.rmtree(final_dir, ignore_errors=True)
     shutil.copytree(chosen.path, final_dir, ignore=shutil.ignore_patterns(loop.STATE_FILE))
@@ -435,8 +437,9 @@ def main(argv: list[str] | None = None) -> int:
         spec = TrainSpec(**order["spec"])
         spec.training_file = Path(spec.training_file)
         spec.validation_file = Path(spec.validation_file) if spec.validation_file else None
-        start = finetuned.ResolvedModel(**{**order["start"], "weights": Path(order["start"]["weights"])}) \
-            if order.get("start") else None
+        start = order.get("start")
+        if start is not None:
+            start = finetuned.ResolvedModel(**{**start, "weights": start["weights"] and Path(start["weights"])})
         result = run_job(spec, EventReporter(EventLog(job_dir / EVENTS_FILE)), stop_requested=lambda: stop["requested"],
                          job_id=job_dir.name, model_id=order["model_id"], start=start)
         outcome = result.as_dict()
