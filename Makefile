@@ -14,6 +14,11 @@ DEMO   := demo-output
 OPENAI_CLI_VERSION := 2.34.0
 CLI_VENV  := .venv-openai-cli
 CLI_STAMP := $(CLI_VENV)/.installed-openai-$(OPENAI_CLI_VERSION)
+# openai 0.28.1: the last release with the legacy `fine_tunes.*` commands (and `tools
+# fine_tunes.prepare_data`, which needs its datalib extra: pandas), in a venv of its own too.
+LEGACY_CLI_VERSION := 0.28.1
+LEGACY_CLI_VENV  := .venv-openai-legacy
+LEGACY_CLI_STAMP := $(LEGACY_CLI_VENV)/.installed-openai-$(LEGACY_CLI_VERSION)
 NODE_DIR  := tests/node
 NODE_STAMP := $(NODE_DIR)/node_modules/.installed
 HAVE_NPM  := $(shell command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 && echo yes)
@@ -39,9 +44,9 @@ $(STAMP): pyproject.toml
 	touch $@
 
 ifeq ($(HAVE_NPM),yes)
-test-clients: $(CLI_STAMP) $(NODE_STAMP)
+test-clients: $(CLI_STAMP) $(LEGACY_CLI_STAMP) $(NODE_STAMP)
 else
-test-clients: $(CLI_STAMP)
+test-clients: $(CLI_STAMP) $(LEGACY_CLI_STAMP)
 	@echo "node/npm not found: the Node SDK test in tests/test_external_clients.py will be skipped"
 endif
 
@@ -49,6 +54,12 @@ $(CLI_STAMP):
 	rm -rf $(CLI_VENV)
 	$(PYTHON) -m venv $(CLI_VENV)
 	$(CLI_VENV)/bin/pip install -q --disable-pip-version-check openai==$(OPENAI_CLI_VERSION)
+	touch $@
+
+$(LEGACY_CLI_STAMP):
+	rm -rf $(LEGACY_CLI_VENV)
+	$(PYTHON) -m venv $(LEGACY_CLI_VENV)
+	$(LEGACY_CLI_VENV)/bin/pip install -q --disable-pip-version-check 'openai[datalib]==$(LEGACY_CLI_VERSION)'
 	touch $@
 
 # npm ci installs exactly the lock file's versions (and starts from an empty node_modules).
@@ -116,5 +127,5 @@ test: install test-clients
 	$(BIN)/python -m pytest -q --durations=15
 
 clean:
-	rm -rf $(VENV) $(DEMO) $(CLI_VENV) $(NODE_DIR)/node_modules bench-throughput.json bench-quality.json \
+	rm -rf $(VENV) $(DEMO) $(CLI_VENV) $(LEGACY_CLI_VENV) $(NODE_DIR)/node_modules bench-throughput.json bench-quality.json \
 		bench-load.json

@@ -170,3 +170,51 @@ def test_python_sdk_docs_script_on_an_openai_model_name(client_env, data_dir):
     assert completion.model == job.fine_tuned_model and completion.choices[0].message.content
     listed = {m.id: m.owned_by for m in client.models.list()}
     assert listed["gpt-4o-mini-2024-07-18"] == f"tunesmith (alias of {SMOL})"
+
+
+LEGACY_CLI = ROOT / ".venv-openai-legacy" / "bin" / "openai"
+
+
+def legacy_cli(server, cwd: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    """openai 0.28.1's CLI, pointed at the server by its own flags (-b base URL, -k key), as its docs did."""
+    if not LEGACY_CLI.exists():
+        pytest.fail(f"{LEGACY_CLI.relative_to(ROOT)} is missing: run `make test` (it installs openai 0.28.1 "
+                    "into .venv-openai-legacy)")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")}
+    done = subprocess.run([str(LEGACY_CLI), "-b", server.base_url, "-k", "sk-ts-legacy", *args], env=env, cwd=cwd,
+                          capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, f"openai {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}"
+    return done
+
+
+def test_openai_0_28_cli_legacy_fine_tunes(server, tmp_path):
+    # a sloppy prompt/completion file (a duplicate line, no separators, common prefixes) and the local tool
+    rows = [{"prompt": f"Double {i}", "completion": str(2 * i)} for i in range(1, 25)]
+    write_jsonl(tmp_path / "data.jsonl", rows + rows[:1])
+    legacy_cli(server, tmp_path, "tools", "fine_tunes.prepare_data", "-f", "data.jsonl", "-q")
+    prepared = [json.loads(line) for line in (tmp_path / "data_prepared.jsonl").read_text().splitlines()]
+    assert len(prepared) == 24 and all(r["prompt"].endswith(" ->") and r["completion"].startswith(" ")
+                                       for r in prepared)
+
+    created = legacy_cli(server, tmp_path, "api", "fine_tunes.create", "-t", "data_prepared.jsonl", "-m", "curie",
+                         "--n_epochs", "1", "--batch_size", "4", "--suffix", "doubles", timeout=600).stdout
+    job_id = created.split("Created fine-tune: ", 1)[1].split()[0]
+    assert "Job complete! Status: succeeded" in created, created  # create follows the events to the end
+    model = created.split("openai api completions.create -m ", 1)[1].split()[0]
+    assert model.startswith("curie:ft-local-doubles-"), model
+
+    followed = legacy_cli(server, tmp_path, "api", "fine_tunes.follow", "-i", job_id).stdout
+    assert "] Created fine-tuning job: " in followed and "Job complete! Status: succeeded" in followed
+    listed = json.loads(legacy_cli(server, tmp_path, "api", "fine_tunes.list").stdout)
+    assert job_id in [j["id"] for j in listed["data"]]
+    got = json.loads(legacy_cli(server, tmp_path, "api", "fine_tunes.get", "-i", job_id).stdout)
+    assert got["status"] == "succeeded" and got["fine_tuned_model"] == model and got["events"]
+    results = legacy_cli(server, tmp_path, "api", "fine_tunes.results", "-i", job_id).stdout.strip().splitlines()
+    assert results[0] == ("step,elapsed_tokens,elapsed_examples,training_loss,training_sequence_accuracy,"
+                          "training_token_accuracy,validation_loss,validation_sequence_accuracy,"
+                          "validation_token_accuracy")
+    assert len(results) == 1 + 6 and results[-1].split(",")[2] == "24", results  # 24 examples / 4, one epoch
+
+    answer = legacy_cli(server, tmp_path, "api", "completions.create", "-m", model, "-p", "7 ->",
+                        "-M", "4", "-t", "0").stdout
+    assert answer.startswith("7 ->") and len(answer) > len("7 ->")  # the CLI asks for its prompt echoed

@@ -187,6 +187,11 @@ def test_limits_on_what_a_request_asks_for(server):
         ("/v1/completions", {"model": SMOL, "prompt": "hi", "logprobs": 6}, "logprobs", "invalid_value"),
         ("/v1/completions", {"model": SMOL, "prompt": "hi", "suffix": "!"}, "suffix", "unsupported_parameter"),
     ]
+    echoed = json.loads(post(server, "/v1/completions", {"model": SMOL, "prompt": "Hello there", "max_tokens": 2,
+                                                          "echo": True, "temperature": 0}).read())
+    plain = json.loads(post(server, "/v1/completions", {"model": SMOL, "prompt": "Hello there", "max_tokens": 2,
+                                                         "temperature": 0}).read())
+    assert echoed["choices"][0]["text"] == "Hello there" + plain["choices"][0]["text"]
     for path, body, param, code in cases:
         resp = post(server, path, body)
         error = json.loads(resp.read())["error"]

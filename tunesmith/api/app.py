@@ -6,7 +6,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from tunesmith.api import errors, evaluations, files, fine_tuning, inference, keys, models
+from tunesmith.api import errors, evaluations, files, fine_tuning, inference, keys, legacy, models
 from tunesmith.api.gate import Gate, check_binding
 from tunesmith.config import Settings, get_settings
 from tunesmith.jobs.store import Store
@@ -33,6 +33,6 @@ def create_app(settings: Settings | None = None, run_worker: bool = True) -> Fas
     app.state.store, app.state.worker, app.state.engines = store, worker, EnginePool(settings)
     errors.install(app)
     app.add_middleware(Gate, store=store)
-    for module in (files, fine_tuning, models, inference, evaluations, keys):
+    for module in (files, fine_tuning, legacy, models, inference, evaluations, keys):
         app.include_router(module.router, responses=errors.ERROR_RESPONSES)
     return app

@@ -10,7 +10,7 @@ from tunesmith.api.gate import Caller
 from tunesmith.errors import UnknownModelError
 from tunesmith.jobs import registry
 from tunesmith.jobs.store import Project, Store
-from tunesmith.models.finetuned import ResolvedModel
+from tunesmith.models.finetuned import ResolvedModel, is_tuned
 from tunesmith.models.registry import BUNDLED
 
 
@@ -41,7 +41,7 @@ def admin_caller(caller: Caller = Depends(current_caller)) -> Caller:
 def resolve_model(store: Store, project: Project, name: str, param: str = "model") -> ResolvedModel:
     """A bundled base model or an alias of one, or a fine-tuned model or checkpoint that belongs to
     ``project``; else 404."""
-    if not name.startswith("ft:") and name not in BUNDLED and name not in store.settings.aliases:
+    if not is_tuned(name) and name not in BUNDLED and name not in store.settings.aliases:
         raise model_not_found(name, param)
     try:
         return registry.resolve(name, store, project.id)

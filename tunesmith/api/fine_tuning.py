@@ -138,7 +138,7 @@ def job_object(job: Job, org: str) -> dict:
     }
 
 
-def _owned_job(s, project: Project, job_id: str) -> Job:
+def owned_job(s, project: Project, job_id: str) -> Job:
     job = s.get(Job, job_id)
     if job is None or job.project_id != project.id:
         raise not_found("fine-tuning job", job_id)
@@ -151,20 +151,30 @@ def create(body: CreateJob, project: Project = Depends(current_project), store: 
     if method not in ("supervised", "dpo"):
         raise ApiError(400, f"method type {method!r} is not supported yet; use 'supervised' or 'dpo'",
                        param="method.type")
-    start = resolve_model(store, project, body.model)
-    for param in ("training_file", "validation_file"):
-        file_id = getattr(body, param)
-        if file_id is not None and owned_file(store, project, file_id, param).purpose != "fine-tune":
-            raise ApiError(400, f"{param} {file_id} was not uploaded with purpose 'fine-tune'", param=param)
     schema = DpoHyperparameters if method == "dpo" else Hyperparameters
     hp = schema(**(body.hyperparameters.model_dump(exclude_unset=True) if body.hyperparameters else {}))
     own = getattr(body.method, method) if body.method else None
     if own and own.hyperparameters:
         hp = own.hyperparameters  # the method's own settings win, as at OpenAI
-    job = Job(id=st.make_id("ftjob-"), project_id=project.id, model=body.model, training_file=body.training_file,
-              validation_file=body.validation_file, method=method, hyperparameters=hp.model_dump(),
-              suffix=body.suffix, seed=body.seed if body.seed is not None else random.randrange(2**31),
-              meta=body.metadata, status=st.VALIDATING, created_at=st.now(), model_id=finetuned.new_id())
+    job = new_job(store, project, Job(model=body.model, training_file=body.training_file,
+                                      validation_file=body.validation_file, method=method,
+                                      hyperparameters=hp.model_dump(), suffix=body.suffix, seed=body.seed,
+                                      meta=body.metadata))
+    return job_object(job, project.name)
+
+
+def new_job(store: Store, project: Project, job: Job) -> Job:
+    """Check and add a job a client asked for (through this API or the legacy one): its model and files
+    must be the project's, and the project within its quota of waiting jobs."""
+    start = resolve_model(store, project, job.model)
+    for param in ("training_file", "validation_file"):
+        file_id = getattr(job, param)
+        if file_id is not None and owned_file(store, project, file_id, param).purpose != "fine-tune":
+            raise ApiError(400, f"{param} {file_id} was not uploaded with purpose 'fine-tune'", param=param)
+    job.id, job.project_id, job.status, job.created_at = st.make_id("ftjob-"), project.id, st.VALIDATING, st.now()
+    job.model_id = finetuned.new_id()
+    if job.seed is None:
+        job.seed = random.randrange(2**31)
     quota = store.settings.project_max_queued_jobs
     with store.session() as s:  # the write lock: the count cannot change before the job is added
         waiting = s.scalar(select(func.count()).select_from(Job).where(
@@ -172,14 +182,14 @@ def create(body: CreateJob, project: Project = Depends(current_project), store: 
         if waiting < quota:
             s.add(job)
             s.flush()
-            alias = (f" ({body.model} stands for {start.base} here: the job trains {start.base})"
-                     if body.model in store.settings.aliases else "")
+            alias = (f" ({job.model} stands for {start.base} here: the job trains {start.base})"
+                     if job.model in store.settings.aliases else "")
             lifecycle.add_event(s, job.id, f"Created fine-tuning job: {job.id}{alias}")
     if waiting >= quota:
         raise ApiError(429, f"Job quota exceeded: this project has {waiting} jobs waiting to run, the most it may "
                             "have (setting TUNESMITH_PROJECT_MAX_QUEUED_JOBS); cancel one or wait for it to start.",
                        "insufficient_quota", code="quota_exceeded")
-    return job_object(job, project.name)
+    return job
 
 
 @router.get("", response_model=Page[FineTuningJob])
@@ -198,29 +208,29 @@ def list_jobs(request: Request, limit: Annotated[int, Query(ge=1, le=100)] = 20,
 @router.get("/{job_id}", response_model=FineTuningJob)
 def retrieve(job_id: str, project: Project = Depends(current_project), store: Store = Depends(get_store)) -> dict:
     with store.read() as s:
-        return job_object(_owned_job(s, project, job_id), project.name)
+        return job_object(owned_job(s, project, job_id), project.name)
 
 
-def _transition(store: Store, project: Project, job_id: str, to: str, message: str) -> dict:
+def transition_job(store: Store, project: Project, job_id: str, to: str, message: str) -> dict:
     """A client's move of its job; one the lifecycle refuses is a 400 ``invalid_state``."""
     with store.session() as s:
-        job = lifecycle.transition(s, _owned_job(s, project, job_id), to, "api", message)
+        job = lifecycle.transition(s, owned_job(s, project, job_id), to, "api", message)
         return job_object(job, project.name)
 
 
 @router.post("/{job_id}/cancel", response_model=FineTuningJob)
 def cancel(job_id: str, project: Project = Depends(current_project), store: Store = Depends(get_store)) -> dict:
-    return _transition(store, project, job_id, st.CANCELLED, "Fine-tuning job cancelled")
+    return transition_job(store, project, job_id, st.CANCELLED, "Fine-tuning job cancelled")
 
 
 @router.post("/{job_id}/pause", response_model=FineTuningJob)
 def pause(job_id: str, project: Project = Depends(current_project), store: Store = Depends(get_store)) -> dict:
-    return _transition(store, project, job_id, st.PAUSED, "Fine-tuning job paused")
+    return transition_job(store, project, job_id, st.PAUSED, "Fine-tuning job paused")
 
 
 @router.post("/{job_id}/resume", response_model=FineTuningJob)
 def resume(job_id: str, project: Project = Depends(current_project), store: Store = Depends(get_store)) -> dict:
-    return _transition(store, project, job_id, st.QUEUED, "Fine-tuning job resumed; it continues from its "
+    return transition_job(store, project, job_id, st.QUEUED, "Fine-tuning job resumed; it continues from its "
                                                           "newest checkpoint")
 
 
@@ -252,7 +262,7 @@ def checkpoints(job_id: str, limit: Annotated[int, Query(ge=1, le=100)] = 10, af
 def _job_children(store: Store, project: Project, job_id: str, query, render, limit: int, after: str | None) -> dict:
     """A page of a job's events or checkpoints, newest first; 404 unless the job is the caller's."""
     with store.read() as s:
-        _owned_job(s, project, job_id)
+        owned_job(s, project, job_id)
         entity = query.column_descriptions[0]["entity"]
         rows = s.scalars(query.where(entity.job_id == job_id)).all()
     return page(rows, render, limit, after)

@@ -136,7 +136,7 @@ class CompletionRequest(_Sampled):
     prompt: Prompt | Annotated[list[Prompt], Field(min_length=1, max_length=MAX_PROMPTS)]
     max_tokens: MaxTokens | None = None
     logprobs: Annotated[int, Field(ge=0, le=5)] | None = None
-    echo: bool | None = None
+    echo: bool | None = None  # the answer starts with its prompt (openai 0.28's CLI always asks so)
     suffix: str | None = None
 
     def prompts(self) -> list[str]:
@@ -146,10 +146,9 @@ class CompletionRequest(_Sampled):
                                 f"{len(prompts) * self.answers}.", param="n")
         if self.logprobs:
             raise _no_logprobs("logprobs")
-        for field in ("echo", "suffix"):
-            if getattr(self, field):
-                raise ApiError(400, f"{field} is not supported by this server.", param=field,
-                               code="unsupported_parameter")
+        if self.suffix:
+            raise ApiError(400, "suffix is not supported by this server.", param="suffix",
+                           code="unsupported_parameter")
         if self.stream and len(prompts) > 1:
             raise ApiError(400, "Streaming answers one prompt only; ask without stream for several.",
                            param="prompt")
@@ -238,12 +237,12 @@ async def completions(body: CompletionRequest, request: Request, project: Projec
     head = {"id": make_id("cmpl-"), "object": "text_completion", "created": int(time.time()), "model": body.model}
     if body.stream:
         items = await _started(pool.stream(resolved, prompts[0], sampling))
-        return _sse(_completion_chunks(items), head, body.include_usage)
+        return _sse(_completion_chunks(items, prompts[0] if body.echo else ""), head, body.include_usage)
     # Choice i * n + j is the j-th answer to prompt i, as OpenAI orders them.
-    replies = await pool.complete(resolved, [p for p in prompts for _ in range(body.answers)], sampling,
-                                  partial(client_gone, request))
-    choices = [{"text": r.text, "index": i, "logprobs": None, "finish_reason": r.finish_reason}
-               for i, r in enumerate(replies)]
+    asked = [p for p in prompts for _ in range(body.answers)]
+    replies = await pool.complete(resolved, asked, sampling, partial(client_gone, request))
+    choices = [{"text": (prompt if body.echo else "") + r.text, "index": i, "logprobs": None,
+                "finish_reason": r.finish_reason} for i, (prompt, r) in enumerate(zip(asked, replies))]
     return {**head, "choices": choices, "usage": _usage(replies, body.answers)}
 
 
@@ -290,7 +289,9 @@ async def _chat_chunks(items: AsyncIterator[str | Reply]) -> AsyncIterator[dict 
             yield choice({"content": item})
 
 
-async def _completion_chunks(items: AsyncIterator[str | Reply]) -> AsyncIterator[dict | Reply]:
+async def _completion_chunks(items: AsyncIterator[str | Reply], echo: str) -> AsyncIterator[dict | Reply]:
+    if echo:
+        yield {"text": echo, "index": 0, "logprobs": None, "finish_reason": None}
     async for item in items:
         if isinstance(item, Reply):
             yield {"text": "", "index": 0, "logprobs": None, "finish_reason": item.finish_reason}

@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 
 from tunesmith.errors import UnknownModelError
 from tunesmith.jobs.store import Checkpoint, Job, Model, Store, now
-from tunesmith.models.finetuned import FineTunedModel, ResolvedModel
+from tunesmith.models.finetuned import FineTunedModel, ResolvedModel, is_tuned
 
 _CKPT = re.compile(r"^(ft:[^:]*:[^:]*:[^:]*:[^:]+):ckpt-step-(\d+)$")
 
@@ -51,7 +51,7 @@ def resolve(name: str, store: Store, project_id: str | None = None) -> ResolvedM
 def lookup(s: Session, name: str, project_id: str | None = None,
            aliases: Mapping[str, str] = MappingProxyType({})) -> ResolvedModel:
     """``resolve`` inside a transaction the caller holds."""
-    if not name.startswith("ft:"):
+    if not is_tuned(name):
         return ResolvedModel(name, aliases[name], None, None) if name in aliases else ResolvedModel.of_base(name)
     ckpt = _CKPT.match(name)
     model_name = ckpt.group(1) if ckpt else name

@@ -99,6 +99,8 @@ class Job(Base):
     error: Mapped[dict | None] = mapped_column(JSON)
     result_files: Mapped[list] = mapped_column(default=list)
     events_offset: Mapped[int] = mapped_column(Integer, default=0)  # bytes of events.jsonl ingested
+    # Created through /v1/fine-tunes: its model is named as that API named them (curie:ft-org-…)
+    legacy: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
 class Event(Base):

@@ -54,6 +54,14 @@ RESULT_COLUMNS = {
                                     *(f"valid_{m}" for m in DPO_METRICS))},
 }
 
+# The legacy API's result file (openai 0.28's `fine_tunes.results`); sequence accuracies are not measured.
+LEGACY_RESULT_COLUMNS = {
+    "step": "step", "elapsed_tokens": "elapsed_tokens", "elapsed_examples": "elapsed_examples",
+    "training_loss": "train_loss", "training_sequence_accuracy": None,
+    "training_token_accuracy": "train_mean_token_accuracy", "validation_loss": "valid_loss",
+    "validation_sequence_accuracy": None, "validation_token_accuracy": "valid_mean_token_accuracy",
+}
+
 
 class Worker:
     def __init__(self, store: Store, poll_seconds: float = 0.5, launcher: LocalLauncher | None = None):
@@ -303,26 +311,36 @@ class Worker:
                                  "resume the job to run it again from its newest checkpoint") from None
 
     def _succeed(self, s, job: Job, result: dict) -> None:
-        name = result["fine_tuned_model"]
+        model = registry.record(result["model"])
+        if job.legacy:
+            model.name = self._legacy_name(s, job)
         results_file = self._results_csv(s, job)
-        if not attempt(s, job, st.SUCCEEDED, "job", f"New fine-tuned model created: {name}", fine_tuned_model=name,
-                       trained_tokens=result["trained_tokens"], result_files=[results_file]):
+        if not attempt(s, job, st.SUCCEEDED, "job", f"New fine-tuned model created: {model.name}",
+                       fine_tuned_model=model.name, trained_tokens=result["trained_tokens"],
+                       result_files=[results_file]):
             return
-        registry.register(s, registry.record(result["model"]), job.project_id, job.id)
+        registry.register(s, model, job.project_id, job.id)
         add_event(s, job.id, "The job has successfully completed")
+
+    def _legacy_name(self, s, job: Job) -> str:
+        """``curie:ft-org-suffix-2023-01-31-12-00-00``; a second apart from any model of that name."""
+        org, finished = s.get(st.Project, job.project_id).name, st.now()
+        while s.get(st.Model, name := finetuned.legacy_name(finetuned.family(job.model), org, job.suffix, finished)):
+            finished += 1
+        return name
 
     def _results_csv(self, s, job: Job) -> str:
         """The step metrics as a CSV file object of the job's project (OpenAI's result file)."""
         events = s.scalars(select(Event).where(Event.job_id == job.id, Event.type == "metrics")
                            .order_by(Event.seq)).all()
         ckpts = {c.step: c.metrics for c in s.scalars(select(Checkpoint).where(Checkpoint.job_id == job.id))}
-        columns = RESULT_COLUMNS[job.method]
+        columns = LEGACY_RESULT_COLUMNS if job.legacy else RESULT_COLUMNS[job.method]
         out = io.StringIO()
         writer = csv.writer(out)
         writer.writerow(columns)
         for e in sorted(events, key=lambda e: e.data["step"]):
             metrics = {**ckpts.get(e.data["step"], {}), **e.data}  # validation metrics come with checkpoints
-            writer.writerow([metrics.get(name, "") for name in columns.values()])
+            writer.writerow([metrics.get(name, "") if name else "" for name in columns.values()])
         file_id = "file-" + job.id.removeprefix("ftjob-")  # one per job, however often this runs
         path = self.settings.files_dir / file_id
         write_atomic(path, out.getvalue().encode())

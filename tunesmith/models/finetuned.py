@@ -11,8 +11,10 @@ names exist, and whose they are, is the store's to say (``jobs/registry.py``).
 
 from __future__ import annotations
 
+import re
 import secrets
 import string
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,10 +29,26 @@ def model_name(base: str, org: str, suffix: str | None, short_id: str) -> str:
     return f"ft:{base}:{org}:{suffix or ''}:{short_id}"
 
 
+# The legacy API's model names: ``curie:ft-acme-bot-2023-01-31-12-00-00`` (base, org, suffix, time).
+_LEGACY_NAME = re.compile(r"^[\w.-]+:ft-[\w.-]+$")
+
+
+def legacy_name(base: str, org: str, suffix: str | None, finished: int) -> str:
+    stamp = time.strftime("%Y-%m-%d-%H-%M-%S", time.gmtime(finished))
+    return f"{base}:ft-{org}{'-' + suffix if suffix else ''}-{stamp}"
+
+
+def is_tuned(name: str) -> bool:
+    """Whether a name is a fine-tuned model's (``ft:…``, or a legacy ``base:ft-…``), not a base model's."""
+    return name.startswith("ft:") or _LEGACY_NAME.match(name) is not None
+
+
 def family(name: str) -> str:
     """The base a model's name shows, as its first client named it: ``gpt-4o-mini`` for a job created
     on that alias and for every model tuned from its models, as OpenAI names them."""
-    return name.split(":")[1] if name.startswith("ft:") else name
+    if name.startswith("ft:"):
+        return name.split(":")[1]
+    return name.split(":")[0] if _LEGACY_NAME.match(name) else name
 
 
 @dataclass

@@ -178,7 +178,11 @@ def train(model, train_set: list[Tokenized] | list[Pair], cfg: LoopConfig, check
             step += 1
             trained_tokens += sum(lengths[i] for i in indices)
             elapsed = time.perf_counter() - started - evaluating
+            # every step of an epoch takes batch_size examples but its last, which takes the rest
+            examples = (step // steps_per_epoch) * len(train_set) + min(
+                (step % steps_per_epoch) * cfg.batch_size, len(train_set))
             metrics = {"step": step, "total_steps": total_steps, "epoch": epoch + 1,
+                       "elapsed_tokens": trained_tokens, "elapsed_examples": examples,
                        **{name: total / weight for name, total in sums.items()},
                        "learning_rate": schedule.get_last_lr()[0], "tokens_per_second": tokens_seen / elapsed}
             if valid_set and cfg.eval_steps and step % cfg.eval_steps == 0 and step % steps_per_epoch:

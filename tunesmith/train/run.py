@@ -130,7 +130,7 @@ def run_job(spec: TrainSpec, reporter: JobReporter, settings: Settings | None = 
     settings = settings or get_settings()
     started = time.perf_counter()
     if start is None:
-        if spec.model.startswith("ft:"):
+        if finetuned.is_tuned(spec.model):
             raise TunesmithError(f"{spec.model}: a fine-tuned model must be resolved before training starts")
         start = finetuned.ResolvedModel.of_base(spec.model)
     # LoRA and DPO models are both LoRA adapters: either continues the other (SFT, then DPO).
@@ -383,7 +383,8 @@ class EventReporter(JobReporter):
     def on_step(self, m: dict) -> None:
         done = m["step"] - self.first_step
         eta = time.time() + (time.time() - self.started) / done * (m["total_steps"] - m["step"])
-        data = {k: m[k] for k in ("step", "total_steps", *_CHECKPOINT_METRICS) if k in m}
+        data = {k: m[k] for k in ("step", "total_steps", "elapsed_tokens", "elapsed_examples", *_CHECKPOINT_METRICS)
+                if k in m}
         valid = f", validation loss={m['valid_loss']:.4f}" if "valid_loss" in m else ""
         self.log.write("event", key=f"step-{m['step']}", type="metrics", message=f"Step {m['step']}/{m['total_steps']}: "
                        f"training loss={m['train_loss']:.4f}{valid}", data=data, estimated_finish=int(eta))
