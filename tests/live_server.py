@@ -57,7 +57,8 @@ class LiveServer:
         log = open(self.home / "server.log", "ab")
         keyless = ["--keyless"] if self.keyless else []
         self.proc = subprocess.Popen([sys.executable, "-m", "tunesmith.cli", "serve", "--port", str(self.port),
-                                      *keyless], env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                                      *keyless], env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
         deadline = time.time() + timeout
         while time.time() < deadline:
             if self.proc.poll() is not None:
