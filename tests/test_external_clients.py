@@ -218,3 +218,6 @@ def test_openai_0_28_cli_legacy_fine_tunes(server, tmp_path):
     answer = legacy_cli(server, tmp_path, "api", "completions.create", "-m", model, "-p", "7 ->",
                         "-M", "4", "-t", "0").stdout
     assert answer.startswith("7 ->") and len(answer) > len("7 ->")  # the CLI asks for its prompt echoed
+    deleted = json.loads(legacy_cli(server, tmp_path, "api", "fine_tunes.delete", "-i", job_id).stdout)
+    assert deleted == {"id": job_id, "object": "fine-tune", "deleted": True}
+    assert model not in legacy_cli(server, tmp_path, "api", "models.list").stdout
