@@ -40,7 +40,7 @@ def test_a_legacy_job_has_the_legacy_shape_and_is_a_job_like_any_other(api):
     ft = alpha.post("/fine-tunes", json={"training_file": file_id, "n_epochs": 2, "suffix": "legacy"}).json()
     assert ft["object"] == "fine-tune" and ft["model"] == "curie" and ft["status"] == "pending"
     assert ft["hyperparams"] == {"n_epochs": 2, "batch_size": "auto", "learning_rate_multiplier": "auto",
-                                 "prompt_loss_weight": 0}
+                                 "prompt_loss_weight": 0.01}  # the legacy API's default
     assert [f["id"] for f in ft["training_files"]] == [file_id] and ft["result_files"] == []
     assert ft["events"][0]["object"] == "fine-tune-event"
     assert ft["events"][0]["message"].startswith(f"Created fine-tuning job: {ft['id']} (curie stands for {SMOL}")
@@ -60,13 +60,14 @@ def test_a_legacy_job_has_the_legacy_shape_and_is_a_job_like_any_other(api):
     assert alpha.delete(f"/fine-tunes/{ft['id']}").status_code == 400  # no model to delete
 
 
-@pytest.mark.parametrize("extra, param", [({"compute_classification_metrics": True}, "compute_classification_metrics"),
-                                          ({"classification_n_classes": 3}, "classification_n_classes"),
-                                          ({"prompt_loss_weight": 0.1}, "prompt_loss_weight")])
-def test_what_tunesmith_does_not_do_is_refused_by_name(api, extra, param):
+@pytest.mark.parametrize("extra, param, code", [
+    ({"compute_classification_metrics": True}, "compute_classification_metrics", "unsupported_parameter"),
+    ({"classification_n_classes": 3}, "classification_n_classes", "unsupported_parameter"),
+    ({"prompt_loss_weight": 1.5}, "prompt_loss_weight", "invalid_value"),
+])
+def test_what_tunesmith_does_not_do_is_refused_by_name(api, extra, param, code):
     r = api["alpha"].post("/fine-tunes", json={"training_file": upload(api["alpha"]), **extra})
-    assert (r.status_code, r.json()["error"]["param"], r.json()["error"]["code"]) == \
-        (400, param, "unsupported_parameter")
+    assert (r.status_code, r.json()["error"]["param"], r.json()["error"]["code"]) == (400, param, code)
     assert api["alpha"].post("/fine-tunes", json={"training_file": upload(api["alpha"]),
                                                   "compute_classification_metrics": False}).status_code == 200
 

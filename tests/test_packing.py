@@ -9,7 +9,7 @@ from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 from test_loop import lora
 from tunesmith.data.batching import Batch, collate, micro_batches, take
 from tunesmith.data.formats import parse_example
-from tunesmith.data.tokenize import IGNORE, Tokenized
+from tunesmith.data.tokenize import IGNORE, Tokenized, with_prompt_loss
 from tunesmith.train import losses
 from tunesmith.train.losses import SFT, answer_logps, token_logps
 from tunesmith.train.precision import resolve
@@ -167,3 +167,22 @@ def test_added_token_rows_on_a_tied_head_score_and_train_as_in_peft(examples, re
     assert any("trainable_tokens_delta" in n for n in ours[1])
     for name, grad in peft[1].items():
         assert float((ours[1][name] - grad).norm()) <= 1e-5 * float(grad.norm()), name
+
+
+def test_a_prompt_loss_weight_adds_the_weighted_prompt_nll_and_counts_only_the_answer(tiny_model_factory, examples):
+    model = tiny_model_factory()
+    t = examples[3]  # prompt/completion
+    weighted = with_prompt_loss(t, 0.25)
+    assert weighted.n_trained == t.n_trained and weighted.n_tokens == t.n_tokens
+    with torch.no_grad():
+        logps = model(input_ids=torch.tensor([t.input_ids])).logits[0, :-1].log_softmax(-1)
+        nll = -logps.gather(1, torch.tensor(t.input_ids[1:])[:, None])[:, 0]
+        answer = torch.tensor([label != IGNORE for label in t.labels[1:]])
+        loss, correct, counted = losses.sft_loss(model, collate([[weighted, examples[0]]], pad_id=2))
+        plain, _, plain_counted = losses.sft_loss(model, collate([[t, examples[0]]], pad_id=2))
+        other, _, _ = losses.sft_loss(model, collate([[examples[0]]], pad_id=2))
+    # the answer's NLL at weight 1, the prompt's (from its second token: nothing predicts the first) at 0.25
+    torch.testing.assert_close(loss - other, nll[answer].sum() + 0.25 * nll[~answer].sum(), rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(plain - other, nll[answer].sum(), rtol=1e-5, atol=1e-4)
+    assert counted == plain_counted == t.n_trained + examples[0].n_trained
+    assert SFT().weight(weighted) == t.n_trained

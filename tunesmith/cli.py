@@ -245,6 +245,9 @@ def train(
     ] = DEFAULT_PATIENCE,
     eval_steps: Annotated[Optional[int], typer.Option(
         min=1, help="Also compute the validation loss every N steps (it is always computed each epoch).")] = None,
+    prompt_loss_weight: Annotated[float, typer.Option(
+        min=0, max=1, help="Also train the prompt tokens, at this weight (the legacy API's option; 0: answers "
+                           "only).")] = 0.0,
     resume: Annotated[Optional[str], typer.Option(
         help="Continue a stopped run (its job id) from its newest checkpoint; the file and settings must be the "
              "ones it started with.")] = None,
@@ -257,7 +260,7 @@ def train(
         _check_resumable(resume)
     spec = TrainSpec(file, validation, model, method, epochs, batch_size, learning_rate_multiplier, beta,
                      rpo_alpha, suffix, seed, max_length, early_stopping=early_stopping, patience=patience,
-                     eval_steps=eval_steps, auto_split=auto_split)
+                     eval_steps=eval_steps, auto_split=auto_split, prompt_loss_weight=prompt_loss_weight)
     stop = _StopOnInterrupt()
     progress = Progress(TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
                         TextColumn("loss {task.fields[loss]:.4f}{task.fields[rewards]}"),

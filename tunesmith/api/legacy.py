@@ -37,6 +37,7 @@ STATUS = {st.VALIDATING: "pending", st.QUEUED: "pending", st.PAUSED: "pending", 
           st.SUCCEEDED: "succeeded", st.FAILED: "failed", st.CANCELLED: "cancelled"}
 FINISHED = (st.SUCCEEDED, st.FAILED, st.CANCELLED)
 FOLLOW_POLL_SECONDS = 0.5
+DEFAULT_PROMPT_LOSS_WEIGHT = 0.01  # as the legacy API had it
 CLASSIFICATION = ("classification_n_classes", "classification_positive_class", "classification_betas")
 
 
@@ -103,7 +104,8 @@ def fine_tune(s, job: Job, org: str, with_events: bool = True) -> dict:
         "updated_at": max([job.created_at, *(e.created_at for e in events)]), "status": STATUS[job.status],
         "fine_tuned_model": job.fine_tuned_model, "organization_id": org,
         "hyperparams": {"n_epochs": hp.get("n_epochs"), "batch_size": hp.get("batch_size"),
-                        "learning_rate_multiplier": hp.get("learning_rate_multiplier"), "prompt_loss_weight": 0},
+                        "learning_rate_multiplier": hp.get("learning_rate_multiplier"),
+                        "prompt_loss_weight": hp.get("prompt_loss_weight", 0.0)},
         "training_files": [files[job.training_file]] if job.training_file in files else [],
         "validation_files": [files[job.validation_file]] if job.validation_file in files else [],
         "result_files": [files[f] for f in job.result_files if f in files],
@@ -120,12 +122,10 @@ def create(body: CreateFineTune, project: Project = Depends(current_project),
         raise ApiError(400, "Classification metrics are not computed by tunesmith: leave out "
                             "compute_classification_metrics and the classification_* options (`tunesmith eval` "
                             "scores a held-out file instead).", param=param, code="unsupported_parameter")
-    if body.prompt_loss_weight:  # tunesmith trains on completion tokens only
-        raise ApiError(400, "prompt_loss_weight other than 0 is not supported: tunesmith trains on the completion "
-                            "tokens only, as prompt_loss_weight 0 (leave the option out).",
-                       param="prompt_loss_weight", code="unsupported_parameter")
     hp = {"n_epochs": body.n_epochs or "auto", "batch_size": body.batch_size or "auto",
-          "learning_rate_multiplier": body.learning_rate_multiplier or "auto"}
+          "learning_rate_multiplier": body.learning_rate_multiplier or "auto",
+          "prompt_loss_weight": DEFAULT_PROMPT_LOSS_WEIGHT if body.prompt_loss_weight is None
+          else body.prompt_loss_weight}
     job = new_job(store, project, Job(model=body.model, training_file=body.training_file,
                                       validation_file=body.validation_file, method="supervised",
                                       hyperparameters=hp, suffix=body.suffix, legacy=True))

@@ -46,6 +46,7 @@ class Batch:
     position_ids: torch.Tensor  # [rows, width]: restart at 0 for every sequence
     sequence: torch.Tensor  # [rows, width]: index of the token's sequence in collate's order, -1 padding
     n_sequences: int
+    weights: torch.Tensor | None = None  # [rows, width]: each target's weight in the loss; None: all 1
 
     @property
     def n_trained(self) -> int:
@@ -57,7 +58,8 @@ class Batch:
 
     def to(self, device: torch.device) -> Batch:
         return Batch(self.input_ids.to(device), self.targets.to(device), self.position_ids.to(device),
-                     self.sequence.to(device), self.n_sequences)
+                     self.sequence.to(device), self.n_sequences,
+                     None if self.weights is None else self.weights.to(device))
 
 
 def epoch_order(n_examples: int, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
@@ -145,6 +147,8 @@ def collate(rows: list[list[Tokenized]], pad_id: int) -> Batch:
     targets = torch.full(shape, IGNORE, dtype=torch.long)
     positions = torch.zeros(shape, dtype=torch.long)
     sequence = torch.full(shape, -1, dtype=torch.long)
+    weighted = any(t.label_weights is not None for row in rows for t in row)
+    weights = torch.ones(shape) if weighted else None
     n = 0
     for r, row in enumerate(rows):
         start = 0
@@ -152,12 +156,14 @@ def collate(rows: list[list[Tokenized]], pad_id: int) -> Batch:
             end = start + t.n_tokens
             ids[r, start:end] = torch.tensor(t.input_ids)
             targets[r, start : end - 1] = torch.tensor(t.labels[1:])
+            if t.label_weights is not None:
+                weights[r, start : end - 1] = torch.tensor(t.label_weights[1:])
             positions[r, start:end] = torch.arange(t.n_tokens)
             sequence[r, start:end] = n
             start, n = end, n + 1
         # Padding goes on counting from the row's last sequence: a row of one sequence is then no packed row.
         positions[r, start:] = torch.arange(start, width) - (start - row[-1].n_tokens)
-    return Batch(ids, targets, positions, sequence, n)
+    return Batch(ids, targets, positions, sequence, n, weights)
 
 
 def left_padded(prompts: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:

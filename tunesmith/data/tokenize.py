@@ -22,6 +22,8 @@ class Tokenized:
     input_ids: list[int]
     labels: list[int]
     truncated: bool = False
+    # With a prompt loss weight (``with_prompt_loss``): every label's weight in the loss; the answer's are 1.
+    label_weights: list[float] | None = None
 
     @property
     def n_tokens(self) -> int:
@@ -29,11 +31,22 @@ class Tokenized:
 
     @property
     def n_trained(self) -> int:
-        return sum(1 for x in self.labels if x != IGNORE)
+        """The answer's tokens: what the loss is a mean over, and what token accuracy counts."""
+        if self.label_weights is None:
+            return sum(1 for x in self.labels if x != IGNORE)
+        return sum(1 for x, w in zip(self.labels, self.label_weights) if x != IGNORE and w == 1.0)
 
     @property
     def trainable(self) -> bool:
         return self.n_trained > 0
+
+
+def with_prompt_loss(t: Tokenized, weight: float) -> Tokenized:
+    """``t`` with its other tokens trained too, at ``weight`` each (the legacy API's prompt_loss_weight:
+    0.01 there by default): the loss adds weight × their summed NLL to the answer's, per answer token."""
+    labels = [token if label == IGNORE else label for token, label in zip(t.input_ids, t.labels)]
+    weights = [weight if label == IGNORE else 1.0 for label in t.labels]
+    return replace(t, labels=labels, label_weights=weights)
 
 
 @dataclass

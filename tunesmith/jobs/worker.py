@@ -45,7 +45,8 @@ from tunesmith.train.run import RESULT_FILE
 
 # An API job's method type → the training method of its job process (API jobs train LoRA adapters).
 TRAIN_METHOD = {"supervised": "lora", "dpo": "dpo"}
-GUARD_SETTINGS = ("early_stopping", "patience", "eval_steps")  # passed to the job as they were asked
+# passed to the job as they were asked: the guard's settings, and the legacy API's prompt loss weight
+PASSED_SETTINGS = ("early_stopping", "patience", "eval_steps", "prompt_loss_weight")
 # The result file's columns → the metric each holds: OpenAI's for supervised jobs, TRL's names for DPO.
 RESULT_COLUMNS = {
     "supervised": {"step": "step", "train_loss": "train_loss", "train_accuracy": "train_mean_token_accuracy",
@@ -202,7 +203,7 @@ class Worker:
                      f"{resolved.learning_rate:.2e}){resolved.dpo_text}")
         values = {"base": base, "data_format": train.format,
                   "hyperparameters": {**{k: v for k, v in resolved.as_dict().items() if k != "learning_rate"},
-                                      **{k: hp[k] for k in GUARD_SETTINGS if k in hp}}}
+                                      **{k: hp[k] for k in PASSED_SETTINGS if k in hp}}}
         return values, notes
 
     # --- processes ---------------------------------------------------------------------------

@@ -87,9 +87,14 @@ def token_logps(model, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.
 
 
 def sft_loss(model, batch: Batch) -> tuple[torch.Tensor, int, int]:
-    """Summed cross-entropy over trained tokens, plus (correct predictions, trained tokens)."""
+    """Summed cross-entropy over trained tokens (each times its weight, when the batch has weights),
+    plus (correct predictions, trained tokens) among the answer tokens (weight 1)."""
     logps, hits, _ = token_logps(model, batch)
-    return -logps.sum(), int(hits.sum()), int(logps.numel())
+    if batch.weights is None:
+        return -logps.sum(), int(hits.sum()), int(logps.numel())
+    weights = batch.weights[batch.targets != IGNORE].to(logps.device)
+    answer = weights == 1.0
+    return -(logps * weights).sum(), int(hits[answer].sum()), int(answer.sum())
 
 
 def answer_logps(model, batch: Batch) -> torch.Tensor:

@@ -21,7 +21,7 @@ import torch
 from tunesmith.atomic import write_atomic
 from tunesmith.config import PrecisionSetting, Settings, enforce_offline, get_settings
 from tunesmith.data.overlap import overlap
-from tunesmith.data.tokenize import Pair
+from tunesmith.data.tokenize import Pair, with_prompt_loss
 from tunesmith.data.validate import DEFAULT_MAX_LENGTH, Report, line_list, validate_file
 from tunesmith.errors import TunesmithError
 from tunesmith.models import finetuned
@@ -60,6 +60,8 @@ class TrainSpec:
     patience: int = hyper.DEFAULT_PATIENCE
     eval_steps: int | None = None
     auto_split: float | None = None  # hold out this fraction of the training file when no validation file
+    # Prompt (non-answer) tokens trained too, at this weight: the legacy fine-tunes API's option
+    prompt_loss_weight: float = 0.0
 
 
 @dataclass
@@ -98,6 +100,10 @@ def check_spec(spec: TrainSpec) -> None:
         raise TunesmithError("max_length must be at least 16 tokens")
     if spec.patience < 1 or (spec.eval_steps is not None and spec.eval_steps < 1):
         raise TunesmithError("patience and eval_steps must be at least 1")
+    if not 0 <= spec.prompt_loss_weight <= 1:
+        raise TunesmithError(f"prompt_loss_weight must be between 0 and 1, got {spec.prompt_loss_weight}")
+    if spec.prompt_loss_weight and spec.method == "dpo":
+        raise TunesmithError("prompt_loss_weight applies to supervised training, not to DPO")
     if spec.auto_split is not None:
         if not 0 < spec.auto_split <= MAX_AUTO_SPLIT:
             raise TunesmithError(f"auto_split must be a fraction above 0 and at most {MAX_AUTO_SPLIT}")
@@ -158,6 +164,8 @@ def run_job(spec: TrainSpec, reporter: JobReporter, settings: Settings | None = 
     _warn_lookalike(train_examples, valid_examples, reporter)
     hp = hyper.resolve(len(train_set), spec.method, spec.n_epochs, spec.batch_size,
                        spec.learning_rate_multiplier, spec.beta, spec.rpo_alpha)
+    if spec.prompt_loss_weight:  # training only: validation loss stays the answers', comparable across jobs
+        train_set = [with_prompt_loss(t, spec.prompt_loss_weight) for t in train_set]
     run = _run_settings(spec, hp, seed)
     if first_run is not None:
         _check_same_run(job_id, first_run, run)
@@ -238,7 +246,9 @@ def _run_settings(spec: TrainSpec, hp: hyper.Hyperparameters, seed: int) -> dict
             "validation_file sha256": digest(spec.validation_file), "auto_split": spec.auto_split, "seed": seed,
             **hp.as_dict(), "max_length": spec.max_length, "lora_r": spec.lora_r, "lora_alpha": spec.lora_alpha,
             "lora_dropout": spec.lora_dropout, "suffix": spec.suffix, "early_stopping": spec.early_stopping,
-            "patience": spec.patience, "eval_steps": spec.eval_steps}
+            "patience": spec.patience, "eval_steps": spec.eval_steps,
+            # only when set: a run from before this option resumes as the same run
+            **({"prompt_loss_weight": spec.prompt_loss_weight} if spec.prompt_loss_weight else {})}
 
 
 def _read_run(job_dir: Path) -> dict | None:
