@@ -34,7 +34,7 @@ def test_generated_requests_get_no_server_error_and_answers_as_declared(tmp_path
              f"http://127.0.0.1:{srv.port}/openapi.json", "--header", f"Authorization: Bearer {key}",
              "--seed", seed, "--max-examples", examples, "--workers", "1", "--report", "ndjson",
              "--report-dir", str(tmp_path / "report"), "--no-color"],
-            capture_output=True, text=True, timeout=1200)
+            capture_output=True, text=True, timeout=1200, cwd=tmp_path)  # its cache stays out of the checkout
     finally:
         srv.stop()
     statuses, failed = collections.Counter(), []
