@@ -103,9 +103,10 @@ def test_lora_gguf_holds_the_adapter_with_llama_cpp_names_and_permuted_b(tiny, t
     source = tiny("lora")
     done = export(source, "gguf-lora", tmp_path / "out", include_base=True)
     base_gguf = BUNDLED[SMOL].locate(tmp_path)
-    assert sorted(f.name for f in done.files) == sorted([base_gguf.name, "smollm2-135m-instruct-local-tiny-AbC12xYz-lora-f16.gguf"])
-    assert done.usage == [f"llama-cli -m {done.path / base_gguf.name} --lora {done.path / done.files[1]}"]
-    reader = gguf.GGUFReader(done.path / "smollm2-135m-instruct-local-tiny-AbC12xYz-lora-f16.gguf")
+    lora = "smollm2-135m-instruct-local-tiny-AbC12xYz-lora-f16.gguf"
+    assert sorted(f.name for f in done.files) == sorted([base_gguf.name, lora])
+    assert done.usage == [f"llama-cli -m {done.path.resolve() / base_gguf.name} --lora {done.path.resolve() / lora}"]
+    reader = gguf.GGUFReader(done.path / lora)
     fields = {k: f.contents() for k, f in reader.fields.items() if not k.startswith("GGUF.")}
     assert (fields["general.type"], fields["adapter.type"], fields["adapter.lora.alpha"]) == ("adapter", "lora", 8.0)
     assert fields["general.architecture"] == "llama"

@@ -34,9 +34,9 @@ Progress = Callable[[str, int, int], None]
 class ExportError(TunesmithError):
     """A model cannot be exported in the format asked for; the message names both."""
 
-    def __init__(self, model: str, fmt: str, why: str):
+    def __init__(self, model: str, fmt: str, why: str, param: str = "format"):
         super().__init__(f"cannot export {model} as {fmt}: {why}")
-        self.param = "format"
+        self.param = param  # the API request's field at fault
 
 
 @dataclass
@@ -75,15 +75,16 @@ def check_request(model: str, fmt: str, quant: str | None, include_base: bool) -
     if fmt not in FORMATS:
         raise ExportError(model, fmt, f"unknown format; expected one of {', '.join(FORMATS)}")
     if quant is not None and fmt not in GGUF_FORMATS:
-        raise ExportError(model, fmt, f"--quant applies to {', '.join(GGUF_FORMATS)} only")
+        raise ExportError(model, fmt, f"--quant applies to {', '.join(GGUF_FORMATS)} only", "quant")
     if quant is not None and quant not in QUANTS:
-        raise ExportError(model, fmt, f"unknown quantization {quant!r}; expected one of {', '.join(QUANTS)}")
+        raise ExportError(model, fmt, f"unknown quantization {quant!r}; expected one of {', '.join(QUANTS)}", "quant")
     if quant == "q4_k_m":
         # gguf-py (the package llama.cpp ships) has no k-quant encoder in Python, only decoders.
-        raise ExportError(model, fmt, "q4_k_m is a k-quant that the gguf package cannot write; export with "
-                          "--quant f16 and run llama.cpp's `llama-quantize MODEL-f16.gguf MODEL-q4_k_m.gguf Q4_K_M`")
+        raise ExportError(model, fmt, "q4_k_m is a k-quant that the gguf package cannot write; export with --quant "
+                          "f16 and run llama.cpp's `llama-quantize MODEL-f16.gguf MODEL-q4_k_m.gguf Q4_K_M`", "quant")
     if include_base and fmt not in ("peft", "gguf-lora"):
-        raise ExportError(model, fmt, "--base applies to peft and gguf-lora (the other formats hold the whole model)")
+        raise ExportError(model, fmt, "--base applies to peft and gguf-lora (the other formats hold the whole model)",
+                          "include_base")
 
 
 def _write(source, fmt: str, out: Path, quant: str, include_base: bool, refer_to: Path,
@@ -102,5 +103,6 @@ def _write(source, fmt: str, out: Path, quant: str, include_base: bool, refer_to
 
 
 def file_stem(model: str) -> str:
-    """A model name as a file name: ``ft:smollm2-135m-instruct:local:bot:AbC`` → ``smollm2-135m-instruct-local-bot-AbC``."""
+    """A model name as a file name: ``ft:smollm2-135m-instruct:local:bot:AbC`` → ``smollm2-135m-instruct-local-bot-AbC``
+    (Ollama and file systems take no colons)."""
     return re.sub(r"[^A-Za-z0-9._-]+", "-", model.removeprefix("ft:")).strip("-.") or "model"

@@ -1,4 +1,5 @@
-"""An export directory as one download: a tar archive streamed file by file, never assembled in memory or on disk.
+"""An export as one download: its only file as it is (a GGUF), or a tar of its folder streamed file by file,
+never assembled in memory or on disk.
 
 A tar is a header block per file, the file's bytes padded to 512, and two zero blocks at the end,
 so its size is known before the first byte is sent (a Content-Length, and a progress bar in the
@@ -15,6 +16,15 @@ BLOCK = 512
 CHUNK = 1 << 20
 
 
+def download(folder: Path, files: list[Path]) -> tuple[int, Iterator[bytes], str, str]:
+    """(size, bytes, media type, file name) of the export in ``folder`` holding ``files``."""
+    if len(files) == 1:
+        path = folder / files[0]
+        return path.stat().st_size, read_chunks(path), "application/octet-stream", path.name
+    size, chunks = tar_stream(folder, folder.name)
+    return size, chunks, "application/x-tar", f"{folder.name}.tar"
+
+
 def tar_stream(root: Path, folder: str) -> tuple[int, Iterator[bytes]]:
     """(size in bytes, the bytes) of a tar of every file under ``root``, inside the folder ``folder``."""
     entries = []
@@ -28,13 +38,17 @@ def tar_stream(root: Path, folder: str) -> tuple[int, Iterator[bytes]]:
     def body() -> Iterator[bytes]:
         for header, path, n in entries:
             yield header
-            with path.open("rb") as f:
-                while chunk := f.read(CHUNK):
-                    yield chunk
+            yield from read_chunks(path)
             yield b"\0" * (_padded(n) - n)
         yield b"\0" * (2 * BLOCK)
 
     return size, body()
+
+
+def read_chunks(path: Path) -> Iterator[bytes]:
+    with path.open("rb") as f:
+        while chunk := f.read(CHUNK):
+            yield chunk
 
 
 def _padded(n: int) -> int:
