@@ -1,4 +1,4 @@
-"""The ``tunesmith`` command line: models, validate, train, chat."""
+"""The ``tunesmith`` command line: models, validate, train, chat, export, serve, jobs, keys, eval, compare."""
 
 from __future__ import annotations
 
@@ -371,6 +371,42 @@ def chat(
                 sys.stdout.write(piece)
                 sys.stdout.flush()
         sys.stdout.write("\n")
+
+
+@app.command("export")
+@friendly_errors
+def export_(
+    model: Annotated[str, typer.Argument(help="ft: model or checkpoint (or a base model name).")],
+    fmt: Annotated[str, typer.Option("--format", help="peft, hf, gguf, gguf-lora or ollama.")],
+    out_dir: Annotated[Optional[Path], typer.Option(
+        "--out", help="The folder to write; new or empty. Default: ./NAME-FORMAT.")] = None,
+    quant: Annotated[Optional[str], typer.Option(
+        help="GGUF encoding (gguf, gguf-lora, ollama): f16 (default) or q8_0; q4_k_m is refused, naming llama.cpp's "
+             "llama-quantize.")] = None,
+    base: Annotated[bool, typer.Option(
+        "--base", help="peft: also write the exact base model (base/) and point the adapter at it; gguf-lora: copy "
+                       "the base GGUF beside the adapter.")] = False,
+) -> None:
+    """Export a model to run elsewhere (transformers, PEFT, vLLM, llama.cpp, Ollama); prints how to use it."""
+    from tunesmith.export import check_request, export, file_stem
+    from tunesmith.export.source import source_of
+
+    check_request(model, fmt, quant, base)  # a request no model can satisfy fails before any loading
+    resolved = _resolve(model)
+    out_dir = out_dir or Path(f"{file_stem(model)}-{fmt}")
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                        console=err)
+    with progress:
+        task = progress.add_task("loading", total=None)
+        source = source_of(resolved, status=lambda m: progress.console.print(f"[dim]{escape(m)}[/]"))
+        done = export(source, fmt, out_dir, quant, base,
+                      progress=lambda what, n, total: progress.update(task, description=what, completed=n, total=total))
+    err.print(f"Exported {escape(model)} as {fmt} to {escape(str(done.path))}:")
+    for f in done.files:
+        out.print(f"  {done.path / f}", highlight=False, soft_wrap=True)
+    err.print("Use it with:")
+    for line in done.usage:
+        out.print(f"  {line}", highlight=False, soft_wrap=True)
 
 
 keys_app = typer.Typer(no_args_is_help=True, help="API keys: each belongs to one project (tenant).")

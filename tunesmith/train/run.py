@@ -12,6 +12,7 @@ import signal
 import sys
 import time
 import traceback
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -32,6 +33,7 @@ from tunesmith.train.precision import training_device
 METHODS = ("lora", "full", "dpo")  # dpo: preference pairs, trained as a LoRA adapter
 REFERENCE_FILE = "reference_logps.pt"
 RUN_FILE = "run.json"  # the settings a job started with; a resumed run must have the same
+DATA_FILE = "data.json"  # what the training data had in common (its system prompt), for exports
 MIN_AUTO_SPLIT_EXAMPLES = 100  # below this, a held-out part is too small to say anything
 MAX_AUTO_SPLIT = 0.5
 
@@ -176,6 +178,7 @@ def run_job(spec: TrainSpec, reporter: JobReporter, settings: Settings | None = 
         reporter.on_message(f"Resuming from checkpoint {resume_from.name}")
     if first_run is None:
         write_atomic(job_dir / RUN_FILE, json.dumps(run, indent=1).encode())
+        write_atomic(job_dir / DATA_FILE, json.dumps({"system": shared_system(train_examples)}).encode())
 
     # Intra-op threads do all the work of eager training. The inter-op pool only runs forked tasks
     # (torch.jit.fork), which training has none of, so its size is left alone.
@@ -234,6 +237,22 @@ def run_job(spec: TrainSpec, reporter: JobReporter, settings: Settings | None = 
     outcome.checkpoints = [f"{name}:ckpt-step-{c.step}" for c in result.checkpoints]
     outcome.seconds = time.perf_counter() - started
     return outcome
+
+
+def shared_system(examples: list) -> str | None:
+    """The system prompt that more than half of the examples open with, if one does: a model trained so
+    expects it, and an export (Ollama's SYSTEM) can make it the default."""
+    counts = Counter(ex.messages[0]["content"] for ex in examples if ex.has_system)
+    system, n = counts.most_common(1)[0] if counts else (None, 0)
+    return system if n * 2 > len(examples) else None
+
+
+def job_data(job_dir: Path) -> dict:
+    """What ``DATA_FILE`` recorded of a job's training data; empty for a job trained before it existed."""
+    try:
+        return json.loads((job_dir / DATA_FILE).read_text())
+    except FileNotFoundError:
+        return {}
 
 
 def _run_settings(spec: TrainSpec, hp: hyper.Hyperparameters, seed: int) -> dict:
