@@ -3,22 +3,33 @@
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Form, Query, UploadFile
 from fastapi.responses import FileResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import func, select
 
-from tunesmith.api.deps import current_project, get_store
+from tunesmith.api.deps import current_project, get_store, resolve_model
 from tunesmith.api.errors import ApiError, not_found
 from tunesmith.api.lists import After, Deleted, Page, page
+from tunesmith.data.formats import PREFERENCE
+from tunesmith.data.formats import Problem as DataProblem
+from tunesmith.data.validate import DEFAULT_MAX_LENGTH, MIN_EXAMPLES, validate_file
+from tunesmith.errors import TunesmithError
 from tunesmith.jobs import store as st
 from tunesmith.jobs.store import File, Project, Store
+from tunesmith.models.loading import ensure_cached, load_renderer
+from tunesmith.train import hyper
 
 router = APIRouter(prefix="/v1/files")
 CHUNK = 1 << 20
+# One validation at a time per server: it tokenizes the whole file (up to the upload limit) on the CPU.
+_VALIDATING = threading.Lock()
+_RENDERERS: dict[str, object] = {}  # base model → its chat template and tokenizer, loaded once (under the lock)
+Auto = Literal["auto"]
 
 
 class FileObject(BaseModel):
@@ -118,3 +129,80 @@ def delete(file_id: str, project: Project = Depends(current_project), store: Sto
         s.delete(s.get(File, f.id))
     Path(f.path).unlink(missing_ok=True)
     return {"id": f.id, "object": "file", "deleted": True}
+
+
+class ValidateRequest(BaseModel):
+    """tunesmith's own: what `tunesmith validate` checks, for an uploaded file and the job it would make."""
+    model_config = ConfigDict(extra="forbid", strict=True)
+    model: Annotated[str, Field(max_length=256)] | None = None  # default: the server's default base model
+    method: Literal["supervised", "dpo"] | None = None  # None: the method follows the file
+    purpose: Literal["training", "validation"] = "training"  # a validation file needs one example, not ten
+    n_epochs: Auto | Annotated[int, Field(ge=1, le=50)] = "auto"
+    batch_size: Auto | Annotated[int, Field(ge=1, le=256)] = "auto"
+    learning_rate_multiplier: Auto | Annotated[float, Field(gt=0, le=100)] = "auto"
+    beta: Auto | Annotated[float, Field(gt=0, le=2)] = "auto"
+
+
+class Problem(BaseModel):
+    line: int | None
+    field: str | None
+    message: str
+
+
+class Stats(BaseModel):
+    min: int
+    median: float
+    p95: float
+    max: int
+    total: int
+
+
+class ValidationReport(BaseModel):
+    object: Literal["file.validation"]
+    file: str
+    ok: bool
+    format: str | None
+    method: Literal["supervised", "dpo"]
+    examples: int
+    errors: list[Problem]
+    warnings: list[Problem]
+    tokens: Stats | None
+    trained_tokens: Stats | None
+    pair_tokens: dict[str, Stats] | None
+    hyperparameters: dict[str, float | int | None] | None  # the "auto" values resolved, when the file is usable
+    estimated_training_tokens: int | None
+
+
+@router.post("/{file_id}/validate", response_model=ValidationReport)
+def validate(file_id: str, body: ValidateRequest | None = None,
+             project: Project = Depends(current_project), store: Store = Depends(get_store)) -> dict:
+    """The report `tunesmith validate --json` prints, against the base model's chat template."""
+    body = body or ValidateRequest()
+    f = owned_file(store, project, file_id)
+    base = resolve_model(store, project, body.model or store.settings.default_model).base
+    if not _VALIDATING.acquire(blocking=False):
+        raise ApiError(429, "Another file is being validated; try again shortly.", "rate_limit_exceeded",
+                       code="rate_limit_exceeded")
+    try:
+        if base not in _RENDERERS:
+            _RENDERERS[base] = load_renderer(ensure_cached(base, store.settings))
+        preference = None if body.method is None else body.method == "dpo"
+        minimum = MIN_EXAMPLES if body.purpose == "training" else 1
+        report = validate_file(Path(f.path), _RENDERERS[base], DEFAULT_MAX_LENGTH, minimum, preference=preference)
+    finally:
+        _VALIDATING.release()
+    method = body.method or ("dpo" if report.format == PREFERENCE else "supervised")
+    hp = None
+    if report.ok and body.purpose == "training":
+        try:
+            hp = hyper.resolve(len(report.tokenized), "dpo" if method == "dpo" else "lora", body.n_epochs,
+                               body.batch_size, body.learning_rate_multiplier,
+                               body.beta if method == "dpo" else "auto")
+        except TunesmithError as exc:
+            report.errors.append(DataProblem(None, None, str(exc)))
+    data = report.as_dict()
+    del data["path"]  # the server's own path of the file: the caller knows it by its id
+    return {**data, "object": "file.validation", "file": f.id, "ok": report.ok, "method": method,
+            "hyperparameters": hp.as_dict() if hp else None,
+            "estimated_training_tokens": report.tokens.total * hp.n_epochs if hp and report.tokens else None}
+
