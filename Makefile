@@ -29,7 +29,7 @@ SHELL := /bin/bash
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install test-clients demo guard-demo dpo-demo bench bench-quality bench-dpo-memory fuzz load test clean
+.PHONY: install vendor-web test-clients demo guard-demo dpo-demo bench bench-quality bench-dpo-memory fuzz load test clean
 
 install: $(STAMP)
 
@@ -125,6 +125,18 @@ load: $(LOAD_STAMP)
 
 test: install test-clients
 	$(BIN)/python -m pytest -q --durations=15
+
+# The dashboard's chart library, committed into the package (tunesmith/web/static/vendor/) so that a
+# pip install serves every script offline: no CDN, no npm at install time. This target refreshes it
+# from the npm registry at the pinned version (npm pack checks the tarball's registry integrity).
+UPLOT_VERSION := 1.6.32
+vendor-web:
+	rm -rf .vendor-web && mkdir .vendor-web
+	cd .vendor-web && npm pack --silent uplot@$(UPLOT_VERSION) && tar xzf uplot-$(UPLOT_VERSION).tgz
+	cp .vendor-web/package/dist/uPlot.iife.min.js .vendor-web/package/dist/uPlot.min.css \
+		.vendor-web/package/LICENSE tunesmith/web/static/vendor/uplot/
+	echo "uplot $(UPLOT_VERSION) (npm)" > tunesmith/web/static/vendor/uplot/VERSION
+	rm -rf .vendor-web
 
 clean:
 	rm -rf $(VENV) $(DEMO) $(CLI_VENV) $(LEGACY_CLI_VENV) $(NODE_DIR)/node_modules bench-throughput.json bench-quality.json \

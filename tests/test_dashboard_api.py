@@ -1,5 +1,6 @@
 """The server-side parts the web dashboard needs, on a live in-process server: a file's validation
-report before any job is made (POST /v1/files/{id}/validate), per project, bounded."""
+report before any job is made (POST /v1/files/{id}/validate), the playground's votes and their
+export as a DPO file (/v1/votes), and the pages themselves; per project, bounded."""
 
 from __future__ import annotations
 
@@ -73,3 +74,57 @@ def test_validate_is_per_project_and_bounded(server):
     unknown = server["alpha"].post(f"/files/{file_id}/validate", json={"model": "no-such-model"})
     assert (unknown.status_code, unknown.json()["error"]["param"]) == (404, "model")
     assert httpx.post(str(server["alpha"].base_url) + f"files/{file_id}/validate").status_code == 401
+
+
+def vote(http: httpx.Client, prompt: str, answer: str, up: bool, model: str = "smollm2-135m-instruct"):
+    return http.post("/votes", json={"messages": [{"role": "user", "content": prompt}], "answer": answer,
+                                     "model": model, "vote": "up" if up else "down"})
+
+
+def test_votes_export_as_dpo_pairs_that_validate(server):
+    alpha = server["alpha"]
+    assert vote(alpha, "Hi", "Hello!", True).json()["vote"] == "up"
+    vote(alpha, "Hi", "Go away.", False)
+    vote(alpha, "Hi", "Hey.", False)
+    vote(alpha, "Hey.", "Hey.", False)  # no liked answer to pair with: not exported
+    vote(alpha, "Bye", "Later.", False)
+    vote(alpha, "Bye", "Later.", True)  # changed mind: the latest vote counts, and one answer is no pair
+    assert alpha.get("/votes").json() == {"object": "vote.summary", "votes": 6, "pairs": 2}
+    exported = alpha.get("/votes/export")
+    assert exported.headers["content-type"].startswith("application/jsonl")
+    lines = [json.loads(line) for line in exported.text.splitlines()]
+    assert lines == [{"input": {"messages": [{"role": "user", "content": "Hi"}]},
+                      "preferred_output": [{"role": "assistant", "content": "Hello!"}],
+                      "non_preferred_output": [{"role": "assistant", "content": bad}]} for bad in ("Go away.", "Hey.")]
+    assert server["beta"].get("/votes").json()["votes"] == 0  # another project's votes are its own
+    assert server["beta"].get("/votes/export").text == ""
+    # the export is a preference file tunesmith trains on: 10 pairs pass validation for DPO
+    for i in range(8):
+        vote(alpha, f"Q{i}", f"good {i}", True)
+        vote(alpha, f"Q{i}", f"bad {i}", False)
+    file_id = upload(alpha, alpha.get("/votes/export").content)
+    report = alpha.post(f"/files/{file_id}/validate", json={"method": "dpo"}).json()
+    assert (report["ok"], report["format"], report["examples"]) == (True, "preference", 10), report["errors"]
+
+
+def test_votes_are_bounded_and_only_for_visible_models(server):
+    alpha = server["alpha"]
+    assert vote(alpha, "Hi", "x", True, model="ft:smollm2-135m-instruct:beta:s:AbCdEf12").status_code == 404
+    for bad in ({"vote": "sideways"}, {"answer": ""}, {"answer": "x" * 40_000}, {"messages": []},
+                {"messages": [{"role": "tool", "content": "x"}]}, {"extra": 1}):
+        body = {"messages": [{"role": "user", "content": "Hi"}], "answer": "A", "model": "smollm2-135m-instruct",
+                "vote": "up", **bad}
+        assert alpha.post("/votes", json=body).status_code == 400, bad
+    assert httpx.get(str(alpha.base_url) + "votes").status_code == 401
+
+
+def test_the_pages_load_without_a_key_and_hold_no_data(server):
+    root = str(server["alpha"].base_url).removesuffix("/v1/")
+    for path in ("/", "/jobs", "/jobs/ftjob-x%3Cb%3E", "/playground", "/models"):
+        page = httpx.get(root + path)
+        assert page.status_code == 200 and 'data-keyless="false"' in page.text, path
+        assert 'src="/static/dashboard.js"' in page.text and "http" not in page.text.split("<body")[1]  # no CDN
+    assert "ftjob-x&lt;b&gt;" in httpx.get(root + "/jobs/ftjob-x%3Cb%3E").text  # escaped
+    for asset in ("/static/dashboard.js", "/static/dashboard.css", "/static/vendor/uplot/uPlot.iife.min.js"):
+        assert httpx.get(root + asset).status_code == 200, asset
+    assert httpx.get(root + "/", headers={"Host": "evil.example"}).status_code == 421
