@@ -269,12 +269,14 @@ async function jobPage() {
       : "No steps yet.";
   }
 
-  function bestStep(ckpts) {  // from the worker's "Best epoch N …" event; checkpoints are one per epoch
-    const msg = [...events.values()].map((e) => e.message).find((m) => /^Best epoch \d+/.test(m));
-    if (!msg) return null;
-    const steps = ckpts.map((c) => c.step_number).sort((a, b) => a - b);
-    const step = msg.match(/\(step (\d+)\)/);
-    return step ? Number(step[1]) : steps[Number(msg.match(/^Best epoch (\d+)/)[1]) - 1] ?? null;
+  // The checkpoint the model is: the guard names it when it is not the last ("… the model is its
+  // checkpoint (step N)"); otherwise a succeeded job's model is its last checkpoint.
+  function bestStep(ckpts) {
+    const named = [...events.values()].map((e) => e.message.match(/the model is its checkpoint \(step (\d+)\)/))
+      .find(Boolean);
+    if (named) return Number(named[1]);
+    if (job.status !== "succeeded" || !ckpts.length) return null;
+    return Math.max(...ckpts.map((c) => c.step_number));
   }
 
   async function poll() {
