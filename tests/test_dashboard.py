@@ -24,7 +24,7 @@ pytestmark = [
 ]
 playwright = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (the test extra)")
 
-# a tiny job: 12 lines, 2 epochs of batch 4 (6 steps), with 4 held-out lines for the curves and the comparison
+# a tiny job: 12 lines, 1 epoch of batch 4 (3 steps), with 4 held-out lines for the curves and the comparison
 TRAIN = [chat_row(f"Colour of item {i}?", f"Item {i} is {c}.") for i, c in
          enumerate(["red", "blue", "green", "black", "white", "grey"] * 2)]
 HELD_OUT = [chat_row(f"Colour of item {i}?", f"Item {i} is {c}.") for i, c in
@@ -126,7 +126,7 @@ def test_the_whole_path_on_the_real_model(browser, server, tmp_path, shots):
     page.fill("input[name=n_epochs]", "0")
     page.click("#job-form button")
     page.wait_for_function("document.querySelector('#job-error').textContent.includes('n_epochs')")
-    page.fill("input[name=n_epochs]", "2")
+    page.fill("input[name=n_epochs]", "1")
     page.fill("input[name=batch_size]", "4")
     page.fill("input[name=suffix]", "colours")
     page.click("#job-form button")
@@ -139,7 +139,7 @@ def test_the_whole_path_on_the_real_model(browser, server, tmp_path, shots):
     page.wait_for_function(f"Number(document.querySelector('#chart').dataset.points || 0) > {first}"
                            " || document.querySelector('#job-status').textContent === 'succeeded'", timeout=240_000)
     page.wait_for_function("document.querySelector('#job-status').textContent === 'succeeded'", timeout=240_000)
-    assert points() == 6 and points() > first
+    assert points() == 3 and points() > first
     assert page.is_visible(".u-legend") and "validation loss" in page.inner_text("#chart")
     assert "chosen" in page.inner_text("#checkpoints") and "valid_exact_match" in page.inner_text("#checkpoints")
     assert "Dashed line" in page.inner_text("#chart-note")
@@ -152,8 +152,8 @@ def test_the_whole_path_on_the_real_model(browser, server, tmp_path, shots):
 
     # evaluate and compare, from the job
     page.select_option("#eval-form select[name=file]", held_out)
-    page.fill("#eval-form input[name=limit]", "4")
-    page.fill("#eval-form input[name=max_tokens]", "12")
+    page.fill("#eval-form input[name=limit]", "2")
+    page.fill("#eval-form input[name=max_tokens]", "8")
     page.click("#eval-form button")
     page.wait_for_selector("#eval-report:not([hidden])", timeout=240_000)
     report = page.frame_locator("#eval-report").locator("body")

@@ -222,7 +222,7 @@ const SERIES = {
 
 async function jobPage() {
   const id = document.body.dataset.job;
-  const events = new Map();  // id → event, kept across polls
+  let events = new Map();  // id → event, newest first, kept across polls
   let chart = null, job = null;
 
   for (const b of document.querySelectorAll("[data-action]")) {
@@ -231,15 +231,17 @@ async function jobPage() {
   }
   $("#csv").addEventListener("click", () => download(`/files/${job.result_files[0]}/content`, `${id}-step_metrics.csv`));
 
-  async function newEvents() {  // newest first until one already seen
+  async function newEvents() {  // pages of the newest events until one already seen, put before those
+    const fresh = [];
     let after = null;
     for (;;) {
       const page = await api(`/fine_tuning/jobs/${id}/events?limit=200${after ? `&after=${after}` : ""}`);
       let seen = false;
-      for (const e of page.data) { if (events.has(e.id)) { seen = true; break; } events.set(e.id, e); }
-      if (seen || !page.has_more) return;
+      for (const e of page.data) { if (events.has(e.id)) { seen = true; break; } fresh.push([e.id, e]); }
+      if (seen || !page.has_more) break;
       after = page.last_id;
     }
+    events = new Map([...fresh, ...events]);
   }
 
   function draw(ckpts) {
@@ -256,7 +258,7 @@ async function jobPage() {
     const opts = {width, height: width < 500 ? 240 : 320, scales: {x: {time: false}},
       series: [{label: "step"}, ...series.map(([, label, stroke]) => ({label, stroke, spanGaps: true,
         points: {show: true, size: 4}, width: 2}))],
-      axes: [{label: "step"}, {}],
+      axes: [{label: "step", incrs: [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 100000]}, {}],
       hooks: {draw: [(u) => {  // the guard's chosen checkpoint: a dashed line at its step
         if (best === null) return;
         const x = u.valToPos(best, "x", true), ctx = u.ctx;
