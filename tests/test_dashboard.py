@@ -158,6 +158,7 @@ def test_the_whole_path_on_the_real_model(browser, server, tmp_path, shots):
     page.wait_for_selector("#eval-report:not([hidden])", timeout=240_000)
     report = page.frame_locator("#eval-report").locator("body")
     assert "smollm2-135m-instruct" in report.inner_text() and "colours" in report.inner_text()
+    page.locator("#eval-report").scroll_into_view_if_needed()  # else Chromium leaves an off-screen frame blank
     page.screenshot(path=shots / "compare.png", full_page=True)
     tuned = page.inner_text("#job-facts").split("Tuned model")[1].split()[0]
 
@@ -190,3 +191,15 @@ def test_the_whole_path_on_the_real_model(browser, server, tmp_path, shots):
     phone.screenshot(path=shots / "models-phone.png", full_page=True)
     phone.context.close()
     page.context.close()
+
+
+def test_keyless_mode_asks_for_no_key(browser, tmp_path, smol_info):
+    srv = LiveServer(new_home(tmp_path)).start()  # --keyless
+    try:
+        page = browser.new_page()
+        page.goto(root(srv) + "/models")
+        page.wait_for_selector("#models td:text-is('smollm2-135m-instruct')")
+        assert page.query_selector("#key-form") is None and page.is_visible("#content")
+        page.close()
+    finally:
+        srv.stop()

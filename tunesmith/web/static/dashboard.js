@@ -386,8 +386,8 @@ async function playgroundPage() {
         } catch (err) { $("#status").textContent = err.message; }
       };
       return el("div", {class: "answer", id: `answer-${i}`}, el("strong", {class: "mono"}, model), out,
-        el("button", {type: "button", class: "vote", "aria-label": "thumbs up", disabled: true, onclick: vote(true)}, "👍"), " ",
-        el("button", {type: "button", class: "vote", "aria-label": "thumbs down", disabled: true, onclick: vote(false)}, "👎"));
+        el("button", {type: "button", class: "vote", "aria-label": "thumbs up", disabled: true, onclick: vote(true)}, "▲ good"), " ",
+        el("button", {type: "button", class: "vote", "aria-label": "thumbs down", disabled: true, onclick: vote(false)}, "▼ bad"));
     }));
     await Promise.all(chosen.map(async (model, i) => {
       const box = $(`#answer-${i}`);
