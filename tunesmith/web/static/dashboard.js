@@ -61,6 +61,8 @@ function age(seconds) {
   return `${Math.round(s / 86400)} d ago`;
 }
 
+// OpenAI's model names served as aliases of a base model: listed once, not as models of their own
+const isAlias = (m) => m.owned_by.startsWith("tunesmith (alias of");
 const fmt = (x) => typeof x === "number" ? (Number.isInteger(x) ? String(x) : x.toPrecision(4)) : String(x);
 const showError = (node, err) => { node.textContent = err ? (err.param ? `${err.param}: ` : "") + err.message : ""; };
 
@@ -172,7 +174,7 @@ async function jobsPage() {
   const opts = usable.map((f) => [f.id, `${f.filename} (${f.id})`]);
   form.training_file.append(...opts.map(([v, t]) => el("option", {value: v}, t)));
   form.validation_file.append(...opts.map(([v, t]) => el("option", {value: v}, t)));
-  form.model.append(...models.data.map((m) => el("option", {value: m.id}, m.id)));
+  form.model.append(...models.data.filter((m) => !isAlias(m)).map((m) => el("option", {value: m.id}, m.id)));
   const wanted = new URLSearchParams(location.search).get("training_file");
   if (wanted) form.training_file.value = wanted;
   form.addEventListener("submit", async (ev) => {
@@ -257,7 +259,7 @@ async function jobPage() {
     const best = bestStep(ckpts);
     const opts = {width, height: width < 500 ? 240 : 320, scales: {x: {time: false}},
       series: [{label: "step"}, ...series.map(([, label, stroke]) => ({label, stroke, spanGaps: true,
-        points: {show: true, size: 4}, width: 2}))],
+        points: {show: true, size: 7}, width: 2}))],
       axes: [{label: "step", incrs: [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 100000]}, {}],
       hooks: {draw: [(u) => {  // the guard's chosen checkpoint: a dashed line at its step
         if (best === null) return;
@@ -362,7 +364,7 @@ async function streamChat(model, messages, maxTokens, out) {
 
 async function playgroundPage() {
   const form = $("#chat-form");
-  const models = (await api("/models")).data.map((m) => m.id);
+  const models = (await api("/models")).data.filter((m) => !isAlias(m)).map((m) => m.id);
   form.model_a.append(...models.map((m) => el("option", {value: m}, m)));
   form.model_b.append(...models.map((m) => el("option", {value: m}, m)));
   const tuned = models.filter((m) => m.startsWith("ft:") && !m.includes(":ckpt-"));
@@ -407,7 +409,8 @@ async function playgroundPage() {
 async function modelsPage() {
   const status = $("#model-status");
   const refresh = async () => {
-    const models = (await api("/models")).data;
+    const all = (await api("/models")).data, models = all.filter((m) => !isAlias(m));
+    $("#aliases").textContent = `Also accepted, as aliases of a base model: ${all.filter(isAlias).map((m) => m.id).join(", ")}.`;
     $("#models").replaceChildren(...models.map((m) => {
       const tuned = m.id.startsWith("ft:");
       const format = el("select", {"aria-label": "export format"},
