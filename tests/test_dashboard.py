@@ -114,7 +114,11 @@ def test_the_whole_path_on_the_real_model(browser, server, tmp_path, shots):
     assert "epochs" in page.inner_text("#report-hyperparameters")
     page.screenshot(path=shots / "files.png", full_page=True)
     training_file = page.inner_text("#report-title").split("(")[1].split(")")[0]
-    page.set_input_files("#file-input", str(jsonl(tmp_path / "held-out.jsonl", HELD_OUT)))
+    # the held-out file by drag and drop: a drop event carrying the file, as a browser sends it
+    page.evaluate("""text => { const dt = new DataTransfer(); dt.items.add(new File([text], "held-out.jsonl"));
+        document.querySelector("#drop").dispatchEvent(new DragEvent("drop", {dataTransfer: dt, bubbles: true,
+                                                                             cancelable: true})); }""",
+                  jsonl(tmp_path / "held-out.jsonl", HELD_OUT).read_text())
     page.wait_for_selector("#report-errors")  # too few lines to train on: the report says so, by line count
     assert "at least 10" in page.inner_text("#report-errors")
 
@@ -149,6 +153,14 @@ def test_the_whole_path_on_the_real_model(browser, server, tmp_path, shots):
         page.click("#csv")
     assert csv.value.path().read_text().startswith("step,")
     page.screenshot(path=shots / "job.png", full_page=True)
+    job_id = page.inner_text("#job-id")
+    page.goto(root(server) + "/jobs")
+    page.wait_for_selector(f"tr[data-job='{job_id}']")
+    row = page.inner_text(f"tr[data-job='{job_id}']")
+    assert "succeeded" in row and "100 %" in row and "colours" in row
+    page.screenshot(path=shots / "jobs.png", full_page=True)
+    page.goto(root(server) + f"/jobs/{job_id}")
+    page.wait_for_selector("#eval-form select[name=file] option", state="attached")
 
     # evaluate and compare, from the job
     page.select_option("#eval-form select[name=file]", held_out)

@@ -125,6 +125,7 @@ def test_the_pages_load_without_a_key_and_hold_no_data(server):
         assert page.status_code == 200 and 'data-keyless="false"' in page.text, path
         assert 'src="/static/dashboard.js"' in page.text and "http" not in page.text.split("<body")[1]  # no CDN
     assert "ftjob-x&lt;b&gt;" in httpx.get(root + "/jobs/ftjob-x%3Cb%3E").text  # escaped
+    assert "script-src 'self';" in page.headers["content-security-policy"]  # only the package's scripts run
     for asset in ("/static/dashboard.js", "/static/dashboard.css", "/static/vendor/uplot/uPlot.iife.min.js"):
         assert httpx.get(root + asset).status_code == 200, asset
     assert httpx.get(root + "/", headers={"Host": "evil.example"}).status_code == 421

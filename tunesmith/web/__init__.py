@@ -21,11 +21,21 @@ router = APIRouter(include_in_schema=False)  # pages, not API: the OpenAPI docum
 static = StaticFiles(directory=HERE / "static")
 
 
+# The key sits in the page's sessionStorage: only the package's own scripts run, nothing may be
+# fetched from or sent to another origin, and no other site may frame the page. Inline styles are
+# allowed for the evaluation report (a self-contained HTML file shown in a sandboxed frame) and uPlot.
+CSP = ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data: blob:; "
+       "frame-ancestors 'none'; base-uri 'none'; form-action 'self'")
+
+
 def _render(request: Request, template: str, **context) -> HTMLResponse:
     # Whether the server is keyless is all a page learns of the server: in that mode anyone who can
     # load the page may use the API anyway (loopback only, see api/gate.py).
     keyless = request.app.state.store.settings.keyless
-    return templates.TemplateResponse(request, template, {"pages": PAGES, "keyless": keyless, **context})
+    page = templates.TemplateResponse(request, template, {"pages": PAGES, "keyless": keyless, **context})
+    page.headers["Content-Security-Policy"] = CSP
+    page.headers["X-Content-Type-Options"] = "nosniff"
+    return page
 
 
 def _page(template: str):
