@@ -69,6 +69,10 @@ def signed_in(browser, server: LiveServer, project: str, phone: bool = False):
     return page
 
 
+# Conditions to wait for are written as functions: the pages' Content-Security-Policy forbids eval,
+# which Playwright uses for a bare expression.
+
+
 def jsonl(path: Path, rows) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
@@ -80,7 +84,7 @@ def test_the_page_refuses_without_a_key_and_a_wrong_one(browser, server):
     assert page.is_visible("#key-form") and page.is_hidden("#content")
     page.fill("#key-input", "sk-ts-wrong")
     page.click("#key-form button")
-    page.wait_for_function("document.querySelector('#key-error').textContent.includes('Incorrect API key')")
+    page.wait_for_function("() => document.querySelector('#key-error').textContent.includes('Incorrect API key')")
     assert page.is_hidden("#content")
     page.close()
 
@@ -99,7 +103,7 @@ def test_one_tenant_never_sees_anothers_jobs(browser, server, tmp_path):
     page.wait_for_selector("#job-form select[name=model] option", state="attached")
     assert job["id"] not in page.content()
     page.goto(root(server) + f"/jobs/{job['id']}")
-    page.wait_for_function("document.querySelector('#status').textContent.includes('No such fine-tuning job')")
+    page.wait_for_function("() => document.querySelector('#status').textContent.includes('No such fine-tuning job')")
     assert "alphas" not in page.inner_text("#content")
     page.context.close()
 
@@ -129,7 +133,7 @@ def test_the_whole_path_on_the_real_model(browser, server, tmp_path, shots):
     page.select_option("select[name=validation_file]", held_out)
     page.fill("input[name=n_epochs]", "0")
     page.click("#job-form button")
-    page.wait_for_function("document.querySelector('#job-error').textContent.includes('n_epochs')")
+    page.wait_for_function("() => document.querySelector('#job-error').textContent.includes('n_epochs')")
     page.fill("input[name=n_epochs]", "1")
     page.fill("input[name=batch_size]", "4")
     page.fill("input[name=suffix]", "colours")
@@ -138,11 +142,11 @@ def test_the_whole_path_on_the_real_model(browser, server, tmp_path, shots):
 
     # one job: the curve gains points while it trains, without a reload
     points = lambda: int(page.get_attribute("#chart", "data-points") or 0)  # noqa: E731
-    page.wait_for_function("Number(document.querySelector('#chart').dataset.points || 0) >= 1", timeout=240_000)
+    page.wait_for_function("() => Number(document.querySelector('#chart').dataset.points || 0) >= 1", timeout=240_000)
     first = points()
-    page.wait_for_function(f"Number(document.querySelector('#chart').dataset.points || 0) > {first}"
+    page.wait_for_function(f"() => Number(document.querySelector('#chart').dataset.points || 0) > {first}"
                            " || document.querySelector('#job-status').textContent === 'succeeded'", timeout=240_000)
-    page.wait_for_function("document.querySelector('#job-status').textContent === 'succeeded'", timeout=240_000)
+    page.wait_for_function("() => document.querySelector('#job-status').textContent === 'succeeded'", timeout=240_000)
     assert points() == 3 and points() > first
     assert page.is_visible(".u-legend") and "validation loss" in page.inner_text("#chart")
     assert "chosen" in page.inner_text("#checkpoints") and "valid_exact_match" in page.inner_text("#checkpoints")
@@ -187,7 +191,7 @@ def test_the_whole_path_on_the_real_model(browser, server, tmp_path, shots):
     assert page.inner_text("#answer-0 pre").strip() and page.inner_text("#answer-1 pre").strip()
     page.click("#answer-0 [aria-label='thumbs up']")
     page.click("#answer-1 [aria-label='thumbs down']")
-    page.wait_for_function("document.querySelector('#vote-count').textContent.includes('1 preference pair')")
+    page.wait_for_function("() => document.querySelector('#vote-count').textContent.includes('1 preference pair')")
     with page.expect_download() as votes:
         page.click("#export-votes")
     [line] = [json.loads(x) for x in votes.value.path().read_text().splitlines()]
