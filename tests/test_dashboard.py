@@ -162,6 +162,7 @@ def test_the_whole_path_on_the_real_model(browser, server, tmp_path, shots):
     page.wait_for_selector(f"tr[data-job='{job_id}']")
     row = page.inner_text(f"tr[data-job='{job_id}']")
     assert "succeeded" in row and "100 %" in row and "colours" in row
+    assert page.query_selector(f"tr[data-job='{job_id}'] button") is None  # nothing left to cancel, pause, resume
     page.screenshot(path=shots / "jobs.png", full_page=True)
     page.goto(root(server) + f"/jobs/{job_id}")
     page.wait_for_selector("#eval-form select[name=file] option", state="attached")

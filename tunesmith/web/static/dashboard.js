@@ -163,6 +163,12 @@ async function listFiles() {
 }
 
 // --- jobs ---------------------------------------------------------------------------------------
+// The moves a client may ask for, by status (tunesmith/jobs/lifecycle.py has the whole table; a failed
+// job resumes only if it had started training, which the API's answer says).
+const ACTIONS = {cancel: ["validating_files", "queued", "running", "paused"], pause: ["queued", "running"],
+  resume: ["paused", "failed"]};
+const allowed = (job) => Object.keys(ACTIONS).filter((a) => ACTIONS[a].includes(job.status));
+
 async function jobAction(id, action) {
   await api(`/fine_tuning/jobs/${id}/${action}`, {method: "POST"});
 }
@@ -210,7 +216,7 @@ async function refreshJobs() {
     el("td", {class: "mono"}, el("a", {href: `/jobs/${j.id}`}, j.id)),
     el("td", {}, el("span", {class: `badge ${j.status}`}, j.status)),
     el("td", {class: "mono"}, j.fine_tuned_model || j.model), el("td", {}, age(j.created_at)), el("td", {}, progress[i]),
-    el("td", {}, ["cancel", "pause", "resume"].map((a) => el("button", {type: "button", onclick: () =>
+    el("td", {}, allowed(j).map((a) => el("button", {type: "button", onclick: () =>
       jobAction(j.id, a).then(refreshJobs).catch((err) => showError($("#job-error"), err))}, a))))));
 }
 
@@ -298,6 +304,7 @@ async function jobPage() {
     if (job.error && job.error.message) facts.push(["Error", job.error.message]);
     $("#job-facts").replaceChildren(...facts.flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, v)]));
     $("#csv").hidden = !job.result_files.length;
+    for (const b of document.querySelectorAll("[data-action]")) b.hidden = !allowed(job).includes(b.dataset.action);
     const best = bestStep(ckpts);
     $("#checkpoints").replaceChildren(...ckpts.slice().reverse().map((c) => el("tr", {class: c.step_number === best ? "best" : ""},
       el("td", {}, c.step_number + (c.step_number === best ? " ★ chosen" : "")),
