@@ -1,4 +1,5 @@
-"""What every request needs: the store, the caller's project, and model names resolved for it."""
+"""What every request needs: the store, the caller's project, model names resolved for it, and whether
+its client is still there."""
 
 from __future__ import annotations
 
@@ -47,3 +48,10 @@ def resolve_model(store: Store, project: Project, name: str, param: str = "model
         return registry.resolve(name, store, project.id)
     except UnknownModelError:
         raise model_not_found(name, param) from None
+
+
+async def client_gone(request: Request) -> None:
+    """Returns when the client disconnects: the body is read, so the next ASGI message is the disconnect.
+    (A streamed answer needs no watch: Starlette stops the stream when its client goes.)"""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass

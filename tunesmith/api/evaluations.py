@@ -14,9 +14,8 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from tunesmith.api.deps import current_project, get_store, resolve_model
+from tunesmith.api.deps import client_gone, current_project, get_store, resolve_model
 from tunesmith.api.files import owned_file
-from tunesmith.api.inference import client_gone
 from tunesmith.eval import report as reports
 from tunesmith.eval.metrics import Checks
 from tunesmith.eval.run import EvalOptions, evaluate_on

@@ -18,7 +18,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
-from tunesmith.api.deps import current_project, get_store, resolve_model
+from tunesmith.api.deps import client_gone, current_project, get_store, resolve_model
 from tunesmith.api.errors import ApiError
 from tunesmith.jobs.store import Project, make_id
 from tunesmith.models.finetuned import ResolvedModel
@@ -244,13 +244,6 @@ async def completions(body: CompletionRequest, request: Request, project: Projec
     choices = [{"text": (prompt if body.echo else "") + r.text, "index": i, "logprobs": None,
                 "finish_reason": r.finish_reason} for i, (prompt, r) in enumerate(zip(asked, replies))]
     return {**head, "choices": choices, "usage": _usage(replies, body.answers)}
-
-
-async def client_gone(request: Request) -> None:
-    """Returns when the client disconnects: the body is read, so the next ASGI message is the disconnect.
-    (A streamed answer needs no watch: Starlette stops the stream when its client goes.)"""
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
 
 
 async def _resolve(request: Request, project: Project, name: str) -> ResolvedModel:
