@@ -26,6 +26,8 @@ from tunesmith.train.hyper import DEFAULT_PATIENCE
 router = APIRouter(prefix="/v1/fine_tuning/jobs")
 
 Auto = Literal["auto"]
+# A suffix is part of the model's name (ft:base:org:suffix:id): printable, and without the name's separator.
+SUFFIX_PATTERN = r"^[^:\x00-\x1f\x7f-\x9f]*$"
 
 
 class Hyperparameters(BaseModel):
@@ -69,8 +71,7 @@ class CreateJob(BaseModel):
     validation_file: str | None = None
     hyperparameters: Hyperparameters | None = None
     method: Method | None = None
-    # part of the model's name (ft:base:org:suffix:id): printable, and without the name's separator
-    suffix: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[^:\x00-\x1f\x7f-\x9f]*$")] | None = None
+    suffix: Annotated[str, Field(min_length=1, max_length=64, pattern=SUFFIX_PATTERN)] | None = None
     seed: Annotated[int, Field(ge=0, le=2**31 - 1)] | None = None
     metadata: Annotated[dict[str, Annotated[str, Field(max_length=512)]], Field(max_length=16)] | None = None
     integrations: Annotated[list[dict[str, Any]], Field(max_length=8)] | None = None  # accepted, not run

@@ -19,13 +19,13 @@ from fastapi import APIRouter, Depends
 from fastapi import Path as PathParam
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import select
+from sqlalchemy import func, select
 from starlette.concurrency import run_in_threadpool
 
 from tunesmith.api.deps import current_project, get_store
 from tunesmith.api.errors import ApiError
 from tunesmith.api.files import FileObject, file_object
-from tunesmith.api.fine_tuning import owned_job, transition_job, new_job
+from tunesmith.api.fine_tuning import SUFFIX_PATTERN, new_job, owned_job, transition_job
 from tunesmith.errors import UnknownModelError
 from tunesmith.jobs import registry
 from tunesmith.jobs import store as st
@@ -50,7 +50,7 @@ class CreateFineTune(BaseModel):
     batch_size: Annotated[int, Field(ge=1, le=256)] | None = None
     learning_rate_multiplier: Annotated[float, Field(gt=0, le=100)] | None = None
     prompt_loss_weight: Annotated[float, Field(ge=0, le=1)] | None = None
-    suffix: Annotated[str, Field(min_length=1, max_length=40, pattern=r"^[^:\x00-\x1f\x7f-\x9f]*$")] | None = None
+    suffix: Annotated[str, Field(min_length=1, max_length=40, pattern=SUFFIX_PATTERN)] | None = None
     compute_classification_metrics: bool | None = None
     classification_n_classes: int | None = None
     classification_positive_class: Annotated[str, Field(max_length=256)] | None = None
@@ -97,11 +97,14 @@ def event_object(e: Event) -> dict:
 def fine_tune(s, job: Job, org: str, with_events: bool = True) -> dict:
     files = {f.id: file_object(f) for f in s.scalars(select(File).where(
         File.id.in_([job.training_file, job.validation_file or "", *job.result_files])))}
-    events = s.scalars(select(Event).where(Event.job_id == job.id).order_by(Event.seq)).all()
+    # a listing needs only the newest event's time, not every event of every job
+    events = s.scalars(select(Event).where(Event.job_id == job.id).order_by(Event.seq)).all() if with_events else []
+    newest = max((e.created_at for e in events), default=None) if with_events else s.scalar(
+        select(func.max(Event.created_at)).where(Event.job_id == job.id))
     hp = job.hyperparameters
     body = {
         "id": job.id, "object": "fine-tune", "model": job.model, "created_at": job.created_at,
-        "updated_at": max([job.created_at, *(e.created_at for e in events)]), "status": STATUS[job.status],
+        "updated_at": max(job.created_at, newest or 0), "status": STATUS[job.status],
         "fine_tuned_model": job.fine_tuned_model, "organization_id": org,
         "hyperparams": {"n_epochs": hp.get("n_epochs"), "batch_size": hp.get("batch_size"),
                         "learning_rate_multiplier": hp.get("learning_rate_multiplier"),
