@@ -23,7 +23,8 @@ pytestmark = pytest.mark.slow
 CONFIG = Path(__file__).parent / "fuzz" / "schemathesis.toml"
 
 
-def test_generated_requests_get_no_server_error_and_answers_as_declared(tmp_path):
+# smol_info: the server's home links to the session's converted base model, which the validate route loads
+def test_generated_requests_get_no_server_error_and_answers_as_declared(tmp_path, smol_info):
     seed, examples = os.environ.get("FUZZ_SEED", "1"), os.environ.get("FUZZ_EXAMPLES", "30")
     srv = LiveServer(new_home(tmp_path), keyless=False)
     key = srv.cli("keys", "create", "--project", "fuzz", "--admin")
