@@ -69,14 +69,15 @@ def reference(tuned, engine) -> list[list[int]]:
     from tunesmith.jobs.store import Store
     from tunesmith.serve.engine import Sampling
 
+    def answered_by(model):
+        return engine.exclusive(model, lambda m: [greedy(m, engine.renderer, p) for p in PROMPTS])
+
     resolved = registry.resolve(tuned, Store())
-    model, _ = engine.select(resolved)
-    answers = [greedy(model, engine.renderer, p) for p in PROMPTS]
+    answers = answered_by(resolved)
     for prompt, ids in zip(PROMPTS, answers):  # the helper answers as the engine's own generate does
         [reply] = engine.generate(resolved, [prompt], Sampling(max_tokens=MAX_TOKENS))
         assert reply.text == engine.tokenizer.decode(ids, skip_special_tokens=True)
-    base, _ = engine.select(registry.resolve(SMOL, Store()))
-    assert answers != [greedy(base, engine.renderer, p) for p in PROMPTS]  # the adapter matters
+    assert answers != answered_by(registry.resolve(SMOL, Store()))  # the adapter matters
     return answers
 
 

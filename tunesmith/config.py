@@ -41,7 +41,14 @@ class Settings(BaseSettings):
     # The server's limits on what a client sends (see the README's "Limits").
     max_upload_bytes: int = 512 * 1024 * 1024  # one uploaded file, as at OpenAI
     max_body_bytes: int = 1024 * 1024  # any other request body
-    max_queued_requests: int = 16  # generation requests waiting or running per base model; past it, 429
+    max_queued_requests: int = 128  # generation requests waiting or running per base model; past it, 429
+    # Serving (serve/): answers decoded together per base model, prompt tokens read per scheduler turn,
+    # and the resident LoRA adapters per base model (an LRU: by count and by bytes), full models kept loaded.
+    max_batch_size: int = 64
+    prefill_tokens: int = 512
+    max_loras: int = 64
+    max_lora_bytes: int = 4 * 1024**3
+    max_full_models: int = 2
     project_max_bytes: int = 20 * 1024**3  # uploaded files a project may keep
     project_max_queued_jobs: int = 20  # jobs a project may have waiting (validating or queued)
     # Access: without keyless, every /v1 request needs a key; keyless serves one local user on loopback only.

@@ -34,7 +34,7 @@ MAX_STOP_CHARS = 256  # each stop string is searched for in the reply at every t
 MAX_PROMPTS = 32  # prompts in one completions request
 MAX_ANSWERS = 64  # prompts × n in one request
 MAX_MESSAGES = 1024
-MAX_TOP_LOGPROBS = 20  # OpenAI's bound; tunesmith returns no log-probabilities yet
+MAX_TOP_LOGPROBS = 20  # OpenAI's bound
 Seed = Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]
 T = TypeVar("T")
 
@@ -69,8 +69,12 @@ class _Sampled(BaseModel):
     def include_usage(self) -> bool:
         return bool(self.stream_options and self.stream_options.include_usage)
 
-    def sampling(self, max_tokens: int | None, default_max_tokens: int) -> Sampling:
+    def sampling(self, max_tokens: int | None, default_max_tokens: int, top_logprobs: int | None = None,
+                 response_format: tuple[str, dict | None] | None = None) -> Sampling:
         """The engine's sampling settings; what the schema cannot say is checked here, a 400 naming its field."""
+        if self.stream and top_logprobs is not None:
+            raise ApiError(400, "Log-probabilities are returned without stream only; ask without stream.",
+                           param="logprobs", code="unsupported_parameter")
         if self.stream and self.answers > 1:
             raise ApiError(400, "Streaming answers with n=1 only; ask without stream for several answers.",
                            param="n")
@@ -80,7 +84,8 @@ class _Sampled(BaseModel):
         return Sampling(default_max_tokens if max_tokens is None else max_tokens,
                         1.0 if self.temperature is None else self.temperature,
                         1.0 if self.top_p is None else self.top_p, tuple(s for s in stops if s), self.seed,
-                        fit_to_context=max_tokens is None)
+                        fit_to_context=max_tokens is None, top_logprobs=top_logprobs,
+                        response_format=response_format)
 
 
 MaxTokens = Annotated[int, Field(ge=1)]
@@ -101,6 +106,32 @@ class ChatMessage(BaseModel):
     tool_calls: list[dict] | None = None
 
 
+class JsonSchema(BaseModel):
+    model_config = ConfigDict(extra="allow", strict=True)
+    name: Annotated[str, Field(max_length=64)]
+    description: str | None = None
+    schema_: dict | None = Field(default=None, alias="schema")  # None: any JSON object
+    strict: bool | None = None
+
+
+class ResponseFormat(BaseModel):
+    """OpenAI's response_format: plain text, any JSON object, or JSON that validates against a schema."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchema | None = None
+
+    def constraint(self) -> tuple[str, dict | None] | None:
+        if self.type == "text":
+            return None
+        if self.type == "json_object":
+            return ("json_object", None)
+        if self.json_schema is None:
+            raise ApiError(400, "response_format of type json_schema needs its json_schema.",
+                           param="response_format.json_schema")
+        return ("json_schema", self.json_schema.schema_)
+
+
 class ChatRequest(_Sampled):
     messages: Annotated[list[ChatMessage], Field(min_length=1, max_length=MAX_MESSAGES)]
     max_tokens: MaxTokens | None = None
@@ -108,11 +139,16 @@ class ChatRequest(_Sampled):
     tools: list[dict] | None = None
     logprobs: bool | None = None
     top_logprobs: Annotated[int, Field(ge=0, le=MAX_TOP_LOGPROBS)] | None = None
+    response_format: ResponseFormat | None = None
+
+    def top(self) -> int | None:
+        """How many alternatives to report per token (0: the chosen token's only); None: no log-probabilities."""
+        if self.top_logprobs is not None and not self.logprobs:
+            raise ApiError(400, "top_logprobs needs logprobs set to true.", param="top_logprobs")
+        return (self.top_logprobs or 0) if self.logprobs else None
 
     def conversation(self) -> list[dict]:
         """The messages as the chat template renders them, normalised like training data."""
-        if self.logprobs or self.top_logprobs:
-            raise _no_logprobs("logprobs" if self.logprobs else "top_logprobs")
         if self.tools:
             raise ApiError(400, "Tools (function calling) are not supported by this server.", param="tools")
         conversation = []
@@ -144,8 +180,6 @@ class CompletionRequest(_Sampled):
         if len(prompts) * self.answers > MAX_ANSWERS:
             raise ApiError(400, f"at most {MAX_ANSWERS} answers per request (prompts × n), asked "
                                 f"{len(prompts) * self.answers}.", param="n")
-        if self.logprobs:
-            raise _no_logprobs("logprobs")
         if self.suffix:
             raise ApiError(400, "suffix is not supported by this server.", param="suffix",
                            code="unsupported_parameter")
@@ -167,10 +201,25 @@ class AssistantMessage(BaseModel):
     refusal: None
 
 
+class TopLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int]
+
+
+class TokenLogprobOut(TopLogprob):
+    top_logprobs: list[TopLogprob]
+
+
+class ChatLogprobs(BaseModel):
+    content: list[TokenLogprobOut]
+    refusal: None
+
+
 class ChatChoice(BaseModel):
     index: int
     message: AssistantMessage
-    logprobs: None
+    logprobs: ChatLogprobs | None
     finish_reason: Literal["stop", "length"]
 
 
@@ -184,10 +233,19 @@ class ChatCompletion(BaseModel):
     system_fingerprint: None
 
 
+class CompletionLogprobs(BaseModel):
+    """The legacy completions' shape: parallel lists, one entry per generated token."""
+
+    tokens: list[str]
+    token_logprobs: list[float]
+    top_logprobs: list[dict[str, float]]
+    text_offset: list[int]
+
+
 class CompletionChoice(BaseModel):
     text: str
     index: int
-    logprobs: None
+    logprobs: CompletionLogprobs | None
     finish_reason: Literal["stop", "length"]
 
 
@@ -204,14 +262,10 @@ class Completion(BaseModel):
 _STREAMED = {200: {"content": {"text/event-stream": {"schema": {"type": "string"}}}}}
 
 
-def _no_logprobs(param: str) -> ApiError:
-    return ApiError(400, "Log-probabilities are not supported by this server yet.", param=param,
-                    code="unsupported_parameter")
-
-
 @router.post("/v1/chat/completions", response_model=ChatCompletion, responses=_STREAMED)
 async def chat_completions(body: ChatRequest, request: Request, project: Project = Depends(current_project)):
-    sampling = body.sampling(body.max_completion_tokens or body.max_tokens, 256)
+    sampling = body.sampling(body.max_completion_tokens or body.max_tokens, 256, body.top(),
+                             body.response_format.constraint() if body.response_format else None)
     conversation = body.conversation()
     resolved = await _resolve(request, project, body.model)
     pool: EnginePool = request.app.state.engines
@@ -224,13 +278,13 @@ async def chat_completions(body: ChatRequest, request: Request, project: Project
     replies = await pool.complete(resolved, [conversation] * body.answers, sampling,
                                   partial(client_gone, request))
     choices = [{"index": i, "message": {"role": "assistant", "content": r.text, "refusal": None},
-                "logprobs": None, "finish_reason": r.finish_reason} for i, r in enumerate(replies)]
+                "logprobs": _chat_logprobs(r), "finish_reason": r.finish_reason} for i, r in enumerate(replies)]
     return {**head, "choices": choices, "usage": _usage(replies, body.answers), "system_fingerprint": None}
 
 
 @router.post("/v1/completions", response_model=Completion, responses=_STREAMED)
 async def completions(body: CompletionRequest, request: Request, project: Project = Depends(current_project)):
-    sampling = body.sampling(body.max_tokens, 16)
+    sampling = body.sampling(body.max_tokens, 16, body.logprobs)
     prompts = body.prompts()
     resolved = await _resolve(request, project, body.model)
     pool: EnginePool = request.app.state.engines
@@ -241,9 +295,29 @@ async def completions(body: CompletionRequest, request: Request, project: Projec
     # Choice i * n + j is the j-th answer to prompt i, as OpenAI orders them.
     asked = [p for p in prompts for _ in range(body.answers)]
     replies = await pool.complete(resolved, asked, sampling, partial(client_gone, request))
-    choices = [{"text": (prompt if body.echo else "") + r.text, "index": i, "logprobs": None,
+    choices = [{"text": (prompt if body.echo else "") + r.text, "index": i,
+                "logprobs": _completion_logprobs(r, len(prompt) if body.echo else 0),
                 "finish_reason": r.finish_reason} for i, (prompt, r) in enumerate(zip(asked, replies))]
     return {**head, "choices": choices, "usage": _usage(replies, body.answers)}
+
+
+def _chat_logprobs(reply: Reply) -> dict | None:
+    if reply.logprobs is None:
+        return None
+    return {"content": [{"token": t.token, "logprob": t.logprob, "bytes": t.bytes,
+                         "top_logprobs": [{"token": a, "logprob": b, "bytes": c} for a, b, c in t.top]}
+                        for t in reply.logprobs], "refusal": None}
+
+
+def _completion_logprobs(reply: Reply, offset: int) -> dict | None:
+    if reply.logprobs is None:
+        return None
+    offsets = []
+    for t in reply.logprobs:
+        offsets.append(offset)
+        offset += len(t.token)
+    return {"tokens": [t.token for t in reply.logprobs], "token_logprobs": [t.logprob for t in reply.logprobs],
+            "top_logprobs": [{a: b for a, b, _ in t.top} for t in reply.logprobs], "text_offset": offsets}
 
 
 async def _resolve(request: Request, project: Project, name: str) -> ResolvedModel:

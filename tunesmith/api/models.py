@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict
 
@@ -73,13 +73,16 @@ def retrieve(name: str, project: Project = Depends(current_project), store: Stor
 
 
 @router.delete("/{name:path}", response_model=Deleted)
-def delete(name: str, project: Project = Depends(current_project), store: Store = Depends(get_store)) -> dict:
+def delete(name: str, request: Request, project: Project = Depends(current_project),
+           store: Store = Depends(get_store)) -> dict:
     if name in BUNDLED or name in store.settings.aliases:
         raise ApiError(400, f"{name} is a base model; only fine-tuned models can be deleted", param="model")
+    resolved = resolve_model(store, project, name)
     try:
         registry.delete(store, name, project.id)
     except UnknownModelError:
         raise model_not_found(name) from None
+    request.app.state.engines.unload(resolved)  # its adapter leaves the serving cache
     return {"id": name, "object": "model", "deleted": True}
 
 

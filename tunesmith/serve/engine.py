@@ -1,37 +1,34 @@
-"""Generation: one base model in memory, fine-tuned adapters loaded on demand and switched by name.
+"""Generation on one base model: its adapters, its fully fine-tuned models, its schedulers.
 
-LoRA adapters are small: switching is a ``set_adapter`` call, not a model load. Fully fine-tuned
-models are whole models and are loaded on their own.
+The base model is loaded once; every LoRA model on it is a slot in the adapter cache and every
+request a row of the base model's scheduler, whatever adapter it uses. A fully fine-tuned model has
+weights of its own, so it gets its own scheduler, kept in a small LRU of its own.
+
+``submit`` is the one way in: the API, the CLI's chat and evaluations all queue their answers with
+it and get them back piece by piece (``stream``) or whole (``generate``).
 """
 
 from __future__ import annotations
 
-import hashlib
 import queue
 import threading
-from bisect import bisect_left
-from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from dataclasses import replace
 
 import torch
-from transformers import StoppingCriteria, StoppingCriteriaList
 
 from tunesmith.config import Settings, get_settings
-from tunesmith.data.batching import left_padded
 from tunesmith.errors import TunesmithError
 from tunesmith.models.finetuned import ResolvedModel
 from tunesmith.models.loading import BaseInfo, ensure_cached, load_model, load_renderer
+from tunesmith.serve.adapters import AdapterCache
+from tunesmith.serve.grammar import Grammars
+from tunesmith.serve.lora import MultiLoRA, Routing
+from tunesmith.serve.sampling import Answer, Reply, Row, Sampling
+from tunesmith.serve.scheduler import Cancelled, Request, Scheduler
 
-
-@dataclass
-class Sampling:
-    max_tokens: int = 256
-    temperature: float = 0.0  # 0 = greedy
-    top_p: float = 1.0
-    stop: tuple[str, ...] = ()
-    seed: int | None = None
-    # The client left max_tokens unset: the default shrinks to what the context leaves, instead of an error.
-    fit_to_context: bool = False
+__all__ = ["Cancelled", "ContextLengthExceeded", "Engine", "Reply", "Sampling"]
 
 
 class ContextLengthExceeded(TunesmithError):
@@ -47,14 +44,6 @@ class ContextLengthExceeded(TunesmithError):
         self.param = param
 
 
-@dataclass
-class Reply:
-    text: str
-    prompt_tokens: int
-    completion_tokens: int  # up to and including the token that ended the reply, as OpenAI counts
-    finish_reason: str  # "stop": end of turn or a stop string; "length": max_tokens reached
-
-
 class Engine:
     def __init__(self, base: str, settings: Settings | None = None, status=None):
         self.settings = settings or get_settings()
@@ -62,35 +51,166 @@ class Engine:
         self.info = ensure_cached(base, self.settings, status=status)
         self.renderer = load_renderer(self.info)
         self.tokenizer = self.renderer.tokenizer
-        self.tokenizer.padding_side = "left"
         self.base_model = load_model(self.info).eval()
-        self._adapters: set[str] = set()
-        self._full: dict[str, object] = {}
+        self.lora = MultiLoRA(self.base_model)
+        self.adapters = AdapterCache(self.lora, self.settings.max_loras, self.settings.max_lora_bytes)
         self._stop_ids = self.renderer.stop_ids
         self.context = self.base_model.config.max_position_embeddings
+        vocab = self.base_model.get_output_embeddings().weight.shape[0]
+        self.grammars = Grammars(self.tokenizer, vocab, self._stop_ids)
+        self.scheduler = self._scheduler(self.base_model, self.lora, self.info.name)
+        self._full: OrderedDict[str, Scheduler] = OrderedDict()  # fully fine-tuned models, least recent first
+        self._full_lock = threading.Lock()
 
-    def select(self, resolved: ResolvedModel):
-        """The model object to run for ``resolved`` (a name the registry resolved), with its adapter active."""
-        if resolved.base != self.info.name:
-            raise TunesmithError(f"{resolved.name} is based on {resolved.base}, not on {self.info.name}")
-        if resolved.weights is None:
-            if self._adapters:
-                self.base_model.disable_adapters()
-            return self.base_model, resolved
-        if resolved.method == "full":
-            key = str(resolved.weights)
-            if key not in self._full:
-                self._full[key] = load_model(BaseInfo(self.info.name, resolved.weights, self.info.end_of_turn)).eval()
-            return self._full[key], resolved
-        key = _adapter_key(str(resolved.weights))
-        if key not in self._adapters:
-            self.base_model.load_adapter(str(resolved.weights), adapter_name=key)
-            self._adapters.add(key)
-        self.base_model.set_adapter(key)
-        self.base_model.enable_adapters()
-        return self.base_model, resolved
+    def _scheduler(self, model, lora, name: str) -> Scheduler:
+        return Scheduler(model, lora, self.tokenizer, self.tokenizer.pad_token_id, self.settings.max_batch_size,
+                         self.settings.prefill_tokens, name)
 
-    def _prompt_ids(self, resolved, conversation: list[dict] | str) -> list[int]:
+    def submit(self, model: ResolvedModel, prompt: list[dict] | str, sampling: Sampling,
+               emit: Callable[[str | Reply | Exception], None], cancel: threading.Event | None = None,
+               index: int = 0) -> None:
+        """Queue one answer to ``prompt`` (a conversation or a raw text). ``emit`` receives the text
+        pieces, then the ``Reply`` (or an exception), on the scheduler's thread. ``index`` tells the
+        answers of one request apart (their seeds differ). Loading an adapter that is not resident and
+        compiling a grammar happen here, on the caller's thread."""
+        scheduler, slot, release = self._place(model)
+        try:
+            ids = self._prompt_ids(model, prompt)
+            sampling = self._fitted([ids], sampling, _param(prompt))
+            grammar = None
+            if sampling.response_format is not None:
+                grammar = self.grammars.compile(sampling.response_format[1])
+            seed = None if sampling.seed is None else sampling.seed + index
+            answer = Answer(self.tokenizer, self._stop_ids, sampling, len(ids))
+        except BaseException:
+            release()
+            raise
+
+        def delivered(item: str | Reply | Exception) -> None:
+            if not isinstance(item, str):
+                release()
+            emit(item)
+
+        scheduler.submit(Request(ids, Row(sampling, seed, grammar), answer, slot, delivered,
+                                 cancel or threading.Event()))
+
+    def generate(self, model: ResolvedModel, conversations: list[list[dict] | str],
+                 sampling: Sampling | None = None, cancel: threading.Event | None = None) -> list[Reply]:
+        """Answer many conversations (or raw prompts) with one model, all in the running batch.
+
+        Setting ``cancel`` (the client went away) ends every answer at the next step and raises ``Cancelled``."""
+        sampling = sampling or Sampling()
+        for c in conversations:  # every prompt is checked before any starts
+            self._fitted([self._prompt_ids(model, c)], sampling, _param(c))
+        cancel = cancel or threading.Event()
+        results: list[queue.SimpleQueue] = []
+        try:
+            for i, c in enumerate(conversations):
+                results.append(queue.SimpleQueue())
+                self.submit(model, c, sampling, results[-1].put, cancel, index=i)
+            replies = []
+            for result in results:
+                while isinstance(item := result.get(), str):
+                    pass
+                if isinstance(item, Exception):
+                    raise item
+                replies.append(item)
+            return replies
+        except BaseException:
+            cancel.set()
+            raise
+
+    def stream(self, model: ResolvedModel, conversation: list[dict] | str,
+               sampling: Sampling | None = None) -> Iterator[str | Reply]:
+        """Yield the reply piece by piece as it is generated, then one ``Reply`` with the whole of it.
+
+        The pieces join up to exactly ``Reply.text``. Closing the iterator early stops the generation."""
+        items: queue.SimpleQueue = queue.SimpleQueue()
+        cancel = threading.Event()
+        self.submit(model, conversation, sampling or Sampling(), items.put, cancel)
+        try:
+            while True:
+                item = items.get()
+                if isinstance(item, Exception):
+                    raise item
+                yield item
+                if isinstance(item, Reply):
+                    return
+        finally:
+            cancel.set()
+
+    def exclusive(self, model: ResolvedModel, work: Callable[[object], object]) -> object:
+        """``work(torch_model)`` with ``model``'s weights in effect for every row of any batch, run
+        between two scheduler steps (an evaluation's loss)."""
+        scheduler, slot, release = self._place(model)
+        try:
+            if scheduler.lora is None:
+                return scheduler.call(lambda: work(scheduler.model))
+
+            def routed():
+                with scheduler.lora.routed(Routing.single(slot)):
+                    return work(scheduler.model)
+
+            return scheduler.call(routed)
+        finally:
+            release()
+
+    def unload(self, model: ResolvedModel) -> None:
+        """Forget a deleted model's weights."""
+        if model.weights is None:
+            return
+        if model.method == "full":
+            with self._full_lock:
+                scheduler = self._full.pop(str(model.weights), None)
+            if scheduler is not None:
+                scheduler.close()
+        else:
+            self.adapters.unload(model.weights)
+
+    def close(self) -> None:
+        self.scheduler.close()
+        with self._full_lock:
+            for scheduler in self._full.values():
+                scheduler.close()
+
+    @property
+    def load(self) -> int:
+        return self.scheduler.load + sum(s.load for s in list(self._full.values()))
+
+    def _place(self, model: ResolvedModel) -> tuple[Scheduler, int | None, Callable[[], None]]:
+        """The scheduler and adapter slot that serve ``model``, and how to give the slot back."""
+        if model.base != self.info.name:
+            raise TunesmithError(f"{model.name} is based on {model.base}, not on {self.info.name}")
+        if model.weights is None:
+            return self.scheduler, None, _nothing
+        if model.method == "full":
+            return self._full_scheduler(str(model.weights)), None, _nothing
+        slot = self.adapters.acquire(model.weights)
+        done = threading.Event()
+
+        def release() -> None:
+            if not done.is_set():
+                done.set()
+                self.adapters.release(model.weights)
+
+        return self.scheduler, slot, release
+
+    def _full_scheduler(self, path: str) -> Scheduler:
+        with self._full_lock:
+            if path in self._full:
+                self._full.move_to_end(path)
+                return self._full[path]
+            full = load_model(BaseInfo(self.info.name, path, self.info.end_of_turn)).eval()
+            self._full[path] = scheduler = self._scheduler(full, None, path)
+            while len(self._full) > self.settings.max_full_models:
+                _, cold = next(iter(self._full.items()))
+                if cold.load:
+                    break  # in use: kept until it is idle
+                self._full.popitem(last=False)
+                cold.close()
+            return scheduler
+
+    def _prompt_ids(self, resolved: ResolvedModel, conversation: list[dict] | str) -> list[int]:
         if isinstance(conversation, str):  # raw prompt (completion-style use)
             return self.tokenizer(conversation, add_special_tokens=True)["input_ids"]
         if resolved.format == "completion":
@@ -106,166 +226,11 @@ class Engine:
             raise ContextLengthExceeded(self.context, longest, sampling.max_tokens, param)
         return replace(sampling, max_tokens=min(sampling.max_tokens, room))
 
-    def _inputs(self, rows: list[list[int]]) -> dict[str, torch.Tensor]:
-        return left_padded(rows, self.tokenizer.pad_token_id)
 
-    def _generate_kwargs(self, sampling: Sampling) -> dict:
-        kwargs = {"max_new_tokens": sampling.max_tokens, "eos_token_id": self._stop_ids,
-                  "pad_token_id": self.tokenizer.pad_token_id, "do_sample": sampling.temperature > 0}
-        if sampling.stop:  # stops generating at once; _reply cuts the stop text off
-            kwargs.update(stop_strings=list(sampling.stop), tokenizer=self.tokenizer)
-        if sampling.temperature > 0:
-            kwargs.update(temperature=sampling.temperature, top_p=sampling.top_p, top_k=0)
-            if sampling.seed is not None:
-                torch.manual_seed(sampling.seed)
-        return kwargs
-
-    def _decode(self, ids: list[int]) -> str:
-        return self.tokenizer.decode(ids, skip_special_tokens=True)
-
-    def _reply(self, prompt_tokens: int, ids: list[int], stops: tuple[str, ...]) -> Reply:
-        """The reply in the generated ids: where it ended, and why.
-
-        In a batch, a finished row goes on with padding, so the end is found again here."""
-        end = next((i + 1 for i, t in enumerate(ids) if t in self._stop_ids), None)
-        ids = ids[:end]
-        text = self._decode(ids)
-        cut = _first_stop(text, stops)
-        if cut is None:
-            return Reply(text, prompt_tokens, len(ids), "stop" if end else "length")
-        # Generation stopped at the token that completed the stop string: the shortest prefix holding it.
-        n = 1 + bisect_left(range(1, len(ids) + 1), True,
-                            key=lambda k: _first_stop(self._decode(ids[:k]), stops) is not None)
-        return Reply(text[:cut], prompt_tokens, n, "stop")
-
-    @torch.inference_mode()
-    def generate(self, model: ResolvedModel, conversations: list[list[dict] | str],
-                 sampling: Sampling | None = None, batch_size: int = 8,
-                 cancel: threading.Event | None = None) -> list[Reply]:
-        """Answer many conversations (or raw prompts) with one model, batched.
-
-        Setting ``cancel`` (the client went away) ends the generation at the next token and raises
-        ``Cancelled``."""
-        sampling = sampling or Sampling()
-        selected, resolved = self.select(model)
-        prompts = [self._prompt_ids(resolved, c) for c in conversations]
-        sampling = self._fitted(prompts, sampling, _param(conversations[0]))
-        replies: list[Reply] = []
-        for start in range(0, len(prompts), batch_size):
-            rows = prompts[start : start + batch_size]
-            inputs = self._inputs(rows)
-            kwargs = self._generate_kwargs(sampling)
-            if cancel is not None:
-                kwargs["stopping_criteria"] = StoppingCriteriaList([_Abort(cancel)])
-            out = selected.generate(**inputs, **kwargs)
-            if cancel is not None and cancel.is_set():
-                raise Cancelled
-            new = out[:, inputs["input_ids"].shape[1] :].tolist()
-            replies += [self._reply(len(p), ids, sampling.stop) for p, ids in zip(rows, new)]
-        return replies
-
-    def stream(self, model: ResolvedModel, conversation: list[dict] | str,
-               sampling: Sampling | None = None) -> Iterator[str | Reply]:
-        """Yield the reply piece by piece as it is generated, then one ``Reply`` with the whole of it.
-
-        The pieces join up to exactly ``Reply.text``. Closing the iterator early stops the generation."""
-        sampling = sampling or Sampling()
-        selected, resolved = self.select(model)
-        prompt = self._prompt_ids(resolved, conversation)
-        sampling = self._fitted([prompt], sampling, _param(conversation))
-        feed = _TokenFeed()
-        kwargs = {**self._inputs([prompt]), **self._generate_kwargs(sampling), "streamer": feed}
-        worker = threading.Thread(target=feed.run, args=(selected, kwargs), daemon=True)
-        worker.start()
-        ids: list[int] = []
-        sent = 0
-        try:
-            while isinstance(token := feed.tokens.get(), int):
-                ids.append(token)
-                text = self._decode(ids)
-                if _first_stop(text, sampling.stop) is not None:
-                    break
-                ready = len(text) - _undecided(text, sampling.stop)
-                if ready > sent:
-                    yield text[sent:ready]
-                    sent = ready
-            if isinstance(token, Exception):
-                raise token
-        finally:
-            feed.cancelled.set()
-            worker.join()
-        reply = self._reply(len(prompt), ids, sampling.stop)
-        if len(reply.text) > sent:
-            yield reply.text[sent:]
-        yield reply
-
-
-class Cancelled(Exception):
-    """The generation was abandoned: nobody waits for its answer."""
-
-
-class _Cancelled(Exception):
+def _nothing() -> None:
     pass
-
-
-class _Abort(StoppingCriteria):
-    """Ends every row of a generation once ``cancel`` is set."""
-
-    def __init__(self, cancel: threading.Event):
-        self.cancel = cancel
-
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs) -> torch.Tensor:
-        return torch.full((input_ids.shape[0],), self.cancel.is_set(), dtype=torch.bool, device=input_ids.device)
-
-
-class _TokenFeed:
-    """``generate``'s streamer: hands each new token id to a queue; aborts generation once cancelled."""
-
-    def __init__(self):
-        self.tokens: queue.Queue[int | Exception | None] = queue.Queue()  # None: generation ended
-        self.cancelled = threading.Event()
-        self._prompt_seen = False
-
-    def put(self, value: torch.Tensor) -> None:
-        if self.cancelled.is_set():
-            raise _Cancelled
-        if self._prompt_seen:  # generate's first put is the prompt
-            for token in value.flatten().tolist():
-                self.tokens.put(token)
-        self._prompt_seen = True
-
-    def end(self) -> None:
-        self.tokens.put(None)
-
-    def run(self, model, kwargs: dict) -> None:
-        try:
-            with torch.inference_mode():
-                model.generate(**kwargs)
-        except _Cancelled:
-            pass
-        except Exception as exc:  # raised again on the consuming side
-            self.tokens.put(exc)
-
-
-def _first_stop(text: str, stops: tuple[str, ...]) -> int | None:
-    """Where the earliest stop string starts in ``text``, if any does."""
-    found = [i for i in (text.find(s) for s in stops if s) if i >= 0]
-    return min(found) if found else None
-
-
-def _undecided(text: str, stops: tuple[str, ...]) -> int:
-    """How many characters at the end of ``text`` may still change: the bytes of an incomplete character,
-    or what may be the start of a stop string (which the reply must not show)."""
-    incomplete = len(text) - len(text.rstrip("\ufffd"))
-    if incomplete:
-        return incomplete
-    return max((k for s in stops for k in range(1, len(s)) if text.endswith(s[:k])), default=0)
 
 
 def _param(conversation: list[dict] | str) -> str:
     """The request field that holds the prompt: chat messages, or a completion's prompt."""
     return "prompt" if isinstance(conversation, str) else "messages"
-
-
-def _adapter_key(path: str) -> str:
-    return "a" + hashlib.sha1(path.encode()).hexdigest()[:16]

@@ -1,25 +1,23 @@
 """Engines for the API: one per base model, created on first use, never run on the event loop.
 
-Each engine has one worker thread, and everything that touches the engine runs there: its
-creation, every batch, every stream. The torch model and its active adapter are shared state, so
-the single thread is the engine's lock; requests queue for it without holding any other thread,
-and a request cancelled while it waits never runs.
+A request's answers are queued on its engine's scheduler, which batches them with everyone
+else's; the event loop only awaits them. Work that may block (loading a model or an adapter,
+compiling a grammar, an evaluation) runs on worker threads.
 
 The queue is bounded: past ``max_queued_requests`` requests waiting or running on one base model,
-a new one is refused with ``Overloaded`` (the API's 429, with a Retry-After from the mean time a
-request has taken), so that under load clients are told to come back instead of waiting ever longer.
-A request whose client goes away stops its generation at the next token, waiting or not.
+a new one is refused with ``Overloaded`` (the API's 429 with a Retry-After), so that under load
+clients are told to come back instead of waiting ever longer. A request whose client goes away is
+taken out of the batch at the next step, waiting or not.
 """
 
 from __future__ import annotations
 
 import asyncio
-import math
 import threading
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import closing, contextmanager
+from concurrent.futures import Future
+from contextlib import contextmanager
+from functools import partial
 from typing import TypeVar
 
 from tunesmith.config import Settings, get_settings
@@ -27,6 +25,7 @@ from tunesmith.models.finetuned import ResolvedModel
 from tunesmith.serve.engine import Engine, Reply, Sampling
 
 T = TypeVar("T")
+RETRY_AFTER_SECONDS = 1  # a batch turns over within seconds: its answers end and free their rows
 
 
 class Overloaded(Exception):
@@ -40,97 +39,91 @@ class ClientGone(Exception):
     """The client closed its connection before its answer was ready."""
 
 
-class _Slot:
-    def __init__(self, base: str, settings: Settings):
-        self.base, self.settings = base, settings
-        self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"engine-{base}")
-        self._engine: Engine | None = None
-        self.admitted = 0  # requests waiting or running; changed on the event loop only
-        self.mean_seconds = 1.0  # moving average of a request's time on the engine
-
-    def engine(self) -> Engine:
-        """Only called on ``worker``, so the engine is created once."""
-        if self._engine is None:
-            self._engine = Engine(self.base, self.settings)
-        return self._engine
-
-    def submit(self, work: Callable[[Engine], T]) -> Future[T]:
-        def timed() -> T:
-            started = time.monotonic()
-            try:
-                return work(self.engine())
-            finally:
-                self.mean_seconds = 0.8 * self.mean_seconds + 0.2 * (time.monotonic() - started)
-
-        return self.worker.submit(timed)
-
-
 class EnginePool:
     def __init__(self, settings: Settings | None = None):
         self.settings = settings or get_settings()
-        self._slots: dict[str, _Slot] = {}
-
-    def _slot(self, base: str) -> _Slot:
-        if base not in self._slots:
-            self._slots[base] = _Slot(base, self.settings)
-        return self._slots[base]
+        self._engines: dict[str, Future[Engine]] = {}
+        self._lock = threading.Lock()
+        self._admitted: dict[str, int] = {}  # requests waiting or running per base; changed on the event loop
 
     def admitted(self, base: str) -> int:
         """Requests for ``base`` waiting or running now."""
-        return self._slots[base].admitted if base in self._slots else 0
+        return self._admitted.get(base, 0)
+
+    def engine(self, base: str) -> Engine:
+        """``base``'s engine, created by the first caller (blocking: call it off the event loop)."""
+        with self._lock:
+            future = self._engines.get(base)
+            creator = future is None
+            if creator:
+                future = self._engines[base] = Future()
+        if creator:
+            try:
+                future.set_result(Engine(base, self.settings))
+            except BaseException as exc:
+                with self._lock:
+                    del self._engines[base]  # the next request tries again
+                future.set_exception(exc)
+        return future.result()
 
     @contextmanager
-    def _admit(self, slot: _Slot) -> Iterator[None]:
+    def _admit(self, base: str) -> Iterator[None]:
         limit = self.settings.max_queued_requests
-        if slot.admitted >= limit:
-            raise Overloaded(slot.base, limit, max(1, math.ceil(slot.mean_seconds)))
-        slot.admitted += 1
+        if self._admitted.get(base, 0) >= limit:
+            raise Overloaded(base, limit, RETRY_AFTER_SECONDS)
+        self._admitted[base] = self._admitted.get(base, 0) + 1
         try:
             yield
         finally:
-            slot.admitted -= 1
+            self._admitted[base] -= 1
 
     async def complete(self, resolved: ResolvedModel, prompts: list[list[dict] | str], sampling: Sampling,
                        gone: Callable[[], Awaitable[None]] | None = None) -> list[Reply]:
-        """Answer the prompts (conversations or raw texts) in batches; if ``gone`` completes first (the
-        client left), stop generating and raise ``ClientGone``."""
-        slot = self._slot(resolved.base)
+        """Answer the prompts (conversations or raw texts); if ``gone`` completes first (the client left),
+        stop generating and raise ``ClientGone``."""
+        loop = asyncio.get_running_loop()
         cancel = threading.Event()
-        with self._admit(slot):
-            work = slot.submit(lambda engine: engine.generate(resolved, prompts, sampling, cancel=cancel))
-            return await _unless_gone(work, gone, cancel)
+        with self._admit(resolved.base):
+            engine = await loop.run_in_executor(None, self.engine, resolved.base)
+            replies: list[asyncio.Future[Reply]] = [loop.create_future() for _ in prompts]
+            for answer in replies:  # once one fails, the others' Cancelled is expected, not news
+                answer.add_done_callback(lambda f: f.cancelled() or f.exception())
+
+            def emit(answer: asyncio.Future[Reply], item: str | Reply | Exception) -> None:
+                if not isinstance(item, str) and not answer.done():
+                    (answer.set_exception if isinstance(item, Exception) else answer.set_result)(item)
+
+            def submit_all() -> None:  # no thread waits for the answers: the scheduler's emit sets them
+                for i, (prompt, answer) in enumerate(zip(prompts, replies)):
+                    engine.submit(resolved, prompt, sampling, partial(loop.call_soon_threadsafe, emit, answer),
+                                  cancel, index=i)
+
+            try:
+                await loop.run_in_executor(None, submit_all)
+                return await _unless_gone(asyncio.gather(*replies), gone, cancel)
+            finally:
+                cancel.set()  # a failed or abandoned request's other answers leave the batch
 
     async def run(self, base: str, work: Callable[[Engine], T], gone: Callable[[], Awaitable[None]] | None = None) -> T:
-        """Any other work on ``base``'s engine (an evaluation), in turn with its requests. A client that
-        leaves only stops it from starting: work under way runs to its end."""
-        slot = self._slot(base)
-        with self._admit(slot):
-            return await _unless_gone(slot.submit(work), gone, threading.Event())
+        """Any other work on ``base``'s engine (an evaluation), on a worker thread. A client that leaves
+        does not stop it: its answers are queued with everyone else's and run to their end."""
+        loop = asyncio.get_running_loop()
+        with self._admit(base):
+            engine = await loop.run_in_executor(None, self.engine, base)
+            return await _unless_gone(loop.run_in_executor(None, work, engine), gone, threading.Event())
 
     async def stream(self, resolved: ResolvedModel, prompt: list[dict] | str,
                      sampling: Sampling) -> AsyncIterator[str | Reply]:
         """Text pieces as they are generated, then the whole ``Reply``.
 
-        Leaving the iteration early (the client went away) stops the generation within a token."""
-        slot = self._slot(resolved.base)
+        Leaving the iteration early (the client went away) takes the answer out of the batch at the next step."""
         loop = asyncio.get_running_loop()
         items: asyncio.Queue[str | Reply | Exception] = asyncio.Queue()
-        stopped = threading.Event()
-
-        def produce(engine: Engine) -> None:
-            try:
-                if stopped.is_set():  # gone while waiting for its turn
-                    return
-                with closing(engine.stream(resolved, prompt, sampling)) as pieces:
-                    for item in pieces:
-                        if stopped.is_set():
-                            return
-                        loop.call_soon_threadsafe(items.put_nowait, item)
-            except Exception as exc:
-                loop.call_soon_threadsafe(items.put_nowait, exc)
-
-        with self._admit(slot):
-            slot.submit(produce)
+        cancel = threading.Event()
+        with self._admit(resolved.base):
+            engine = await loop.run_in_executor(None, self.engine, resolved.base)
+            emit = partial(loop.call_soon_threadsafe, items.put_nowait)
+            await loop.run_in_executor(None, partial(engine.submit, resolved, prompt, sampling, emit, cancel))
             try:
                 while True:
                     item = await items.get()
@@ -140,29 +133,34 @@ class EnginePool:
                     if isinstance(item, Reply):
                         return
             finally:
-                stopped.set()
+                cancel.set()
+
+    def unload(self, resolved: ResolvedModel) -> None:
+        """A model was deleted: drop its weights from its engine, if that engine is loaded."""
+        future = self._engines.get(resolved.base)
+        if future is not None and future.done() and future.exception() is None:
+            future.result().unload(resolved)
 
     def close(self) -> None:
-        """Drop the queued work (for shutdown); a generation under way runs to its end."""
-        for slot in self._slots.values():
-            slot.worker.shutdown(wait=False, cancel_futures=True)
+        """Stop every scheduler (for shutdown); answers under way end with ``Cancelled``."""
+        for future in list(self._engines.values()):
+            if future.done() and future.exception() is None:
+                future.result().close()
 
 
-async def _unless_gone(work: Future[T], gone: Callable[[], Awaitable[None]] | None,
+async def _unless_gone(work: asyncio.Future[T], gone: Callable[[], Awaitable[None]] | None,
                        cancel: threading.Event) -> T:
-    """``work``'s result, unless ``gone()`` completes first: then ``cancel`` is set (the engine stops at
-    its next token, or never starts) and ``ClientGone`` is raised."""
-    result = asyncio.wrap_future(work)
+    """``work``'s result, unless ``gone()`` completes first: then ``cancel`` is set (the answers leave the
+    batch at the next step, or never start) and ``ClientGone`` is raised."""
     if gone is None:
-        return await result
+        return await work
     watcher = asyncio.ensure_future(gone())
     try:
-        done, _ = await asyncio.wait({result, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        done, _ = await asyncio.wait({work, watcher}, return_when=asyncio.FIRST_COMPLETED)
     finally:
         watcher.cancel()
-    if result in done:
-        return result.result()
+    if work in done:
+        return work.result()
     cancel.set()
-    work.cancel()  # if it has not started yet
-    result.add_done_callback(lambda f: f.cancelled() or f.exception())  # its Cancelled is expected, not news
+    work.add_done_callback(lambda f: f.cancelled() or f.exception())  # its Cancelled is expected, not news
     raise ClientGone
