@@ -29,7 +29,7 @@ SHELL := /bin/bash
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install vendor-web test-clients demo guard-demo dpo-demo bench bench-quality bench-dpo-memory fuzz load test clean
+.PHONY: install vendor-web test-clients demo guard-demo dpo-demo bench bench-quality bench-dpo-memory bench-serve fuzz load test clean
 
 install: $(STAMP)
 
@@ -108,6 +108,12 @@ bench-quality: install
 bench-dpo-memory: install
 	$(BIN)/python bench/dpo_memory.py
 
+# The serving engine under 1, 4, 16 and 64 streaming clients, on one adapter and on 8 adapters + the base,
+# against the sequential engine of BASELINE_REF (a git worktree) in the same run: ~10 minutes on 2 cores.
+# BENCH_ARGS="--clients 1 4 --no-baseline --max-tokens 16" for a quick look.
+bench-serve: install
+	$(BIN)/python bench/serve.py --json bench-serve.json $(BENCH_ARGS)
+
 # Schemathesis against a live server: every operation, ≥ 1,000 generated requests, no 5xx, answers as
 # the OpenAPI document declares them. FUZZ_SEED=N FUZZ_EXAMPLES=N to vary it (also part of make test).
 fuzz: install
@@ -140,4 +146,4 @@ vendor-web:
 
 clean:
 	rm -rf $(VENV) $(DEMO) $(CLI_VENV) $(LEGACY_CLI_VENV) $(NODE_DIR)/node_modules bench-throughput.json bench-quality.json \
-		bench-load.json
+		bench-load.json bench-serve.json

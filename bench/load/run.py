@@ -73,11 +73,11 @@ def new_home(tmp: Path) -> Path:
 class Server:
     """`tunesmith serve` on 127.0.0.1 in its own process group, so stopping it stops its job processes too."""
 
-    def __init__(self, home: Path):
+    def __init__(self, home: Path, source: Path = ROOT, env: dict[str, str] | None = None):
         self.home, self.port = home, free_port()
-        # This checkout's tunesmith, whatever an editable install in the venv points at.
-        self.env = {**os.environ, "TUNESMITH_HOME": str(home), "HF_HUB_OFFLINE": "1",
-                    "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+        # This checkout's tunesmith (or ``source``'s), whatever an editable install in the venv points at.
+        self.env = {**os.environ, "TUNESMITH_HOME": str(home), "HF_HUB_OFFLINE": "1", **(env or {}),
+                    "PYTHONPATH": os.pathsep.join(filter(None, [str(source), os.environ.get("PYTHONPATH")]))}
         self.log = home / "server.log"
         self.proc: subprocess.Popen | None = None
 
