@@ -93,6 +93,8 @@ def test_two_processes_train_what_one_does_and_their_checkpoint_resumes_on_one(h
     print(f"1 vs 2 processes: max relative train_loss gap {gap:.2e} over {TOTAL_STEPS} steps")
     assert gap < TOLERANCE
     assert one["trained_tokens"] == two["trained_tokens"]
+    said = [r["message"] for r in read_new(home / "jobs" / "ftjob-two" / EVENTS_FILE, 0)[0] if "message" in r]
+    assert any(m.endswith(", seed 11, on 2 processes (gloo)") for m in said), said
     a = load_file(home / "jobs" / "ftjob-one" / "model" / "adapter_model.safetensors")
     b = load_file(home / "jobs" / "ftjob-two" / "model" / "adapter_model.safetensors")
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-4

@@ -209,7 +209,8 @@ def run_job(spec: TrainSpec, reporter: JobReporter, settings: Settings | None = 
         objective = losses.DPO(hp.beta, hp.rpo_alpha)
 
     reporter.on_message(f"Job {job_id}: {len(train_set)} examples, {hp.n_epochs} epochs, "
-                        f"batch size {hp.batch_size}, learning rate {hp.learning_rate:.2e}{hp.dpo_text}, seed {seed}")
+                        f"batch size {hp.batch_size}, learning rate {hp.learning_rate:.2e}{hp.dpo_text}, seed {seed}"
+                        f"{_processes_text()}")
     # DPO's validation pairs have two answers each: the reward accuracy already says which one the model prefers.
     scorer = None
     if valid_set and spec.method != "dpo":
@@ -250,6 +251,11 @@ def run_job(spec: TrainSpec, reporter: JobReporter, settings: Settings | None = 
     outcome.checkpoints = [f"{name}:ckpt-step-{c.step}" for c in result.checkpoints]
     outcome.seconds = time.perf_counter() - started
     return outcome
+
+
+def _processes_text() -> str:
+    world = distributed.world_size()
+    return f", on {world} processes ({torch.distributed.get_backend()})" if world > 1 else ""
 
 
 def shared_system(examples: list) -> str | None:
