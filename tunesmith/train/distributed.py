@@ -148,3 +148,25 @@ def barrier() -> None:
 def close() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+def start_ranks(nproc: int, command: list[str], grace_seconds: float) -> int:
+    """Run ``command`` (``-m module args…``) as ``nproc`` ranks on this machine under torchrun, with this
+    process as their agent; returns rank 0's exit code.
+
+    torchrun passes a SIGTERM or SIGINT on to every rank (they agree on a step to stop after and rank 0
+    checkpoints) and kills them TORCH_ELASTIC_SHUTDOWN_TIMEOUT seconds later: by default
+    ``grace_seconds``, the server's grace for a stopping job, rather than torchrun's 30 s."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import main as torchrun
+
+    os.environ.setdefault("TORCH_ELASTIC_SHUTDOWN_TIMEOUT", str(int(grace_seconds)))
+    try:
+        torchrun(["--standalone", f"--nproc-per-node={nproc}", *command])
+    except ChildFailedError as exc:
+        failure = exc.failures.get(0) or next(iter(exc.failures.values()))
+        return failure.exitcode if failure.exitcode >= 0 else 128 - failure.exitcode
+    except SignalException as exc:
+        return 128 + exc.sigval
+    return 0

@@ -479,8 +479,9 @@ def main(argv: list[str] | None = None) -> int:
         nproc = json.loads((job_dir / SPEC_FILE).read_text()).get(NPROC_KEY, 1)
     except (OSError, ValueError, AttributeError):
         nproc = 1  # the run below fails the job with what is wrong with its order
-    if nproc > 1 and "LOCAL_RANK" not in os.environ:  # not yet under torchrun
-        return _start_ranks(job_dir, nproc)
+    if nproc > 1 and "LOCAL_RANK" not in os.environ:  # not yet under torchrun: become its agent
+        return distributed.start_ranks(nproc, ["-m", "tunesmith.train.run", str(job_dir)],
+                                       get_settings().shutdown_grace_seconds)
     stop = {"requested": False}
     # SIGTERM is the worker's way to stop a job; Ctrl-C on a terminal running `tunesmith serve`
     # reaches its job processes too, and must checkpoint the same way rather than tear a step.
@@ -510,27 +511,6 @@ def main(argv: list[str] | None = None) -> int:
         write_atomic(job_dir / RESULT_FILE, json.dumps(outcome).encode())
     distributed.close()
     return {"succeeded": 0, "stopped": EXIT_STOPPED}.get(outcome["status"], 1)
-
-
-def _start_ranks(job_dir: Path, nproc: int) -> int:
-    """Run the job as ``nproc`` processes on this machine: this process becomes their torchrun agent.
-
-    torchrun passes a SIGTERM or SIGINT on to every rank (they agree on a step to stop after and rank 0
-    checkpoints) and kills them TORCH_ELASTIC_SHUTDOWN_TIMEOUT seconds later; by default that is the
-    server's grace for a stopping job, not torchrun's 30 s. Returns rank 0's exit code."""
-    from torch.distributed.elastic.multiprocessing.api import SignalException
-    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
-    from torch.distributed.run import main as torchrun
-
-    os.environ.setdefault("TORCH_ELASTIC_SHUTDOWN_TIMEOUT", str(int(get_settings().shutdown_grace_seconds)))
-    try:
-        torchrun(["--standalone", f"--nproc-per-node={nproc}", "-m", "tunesmith.train.run", str(job_dir)])
-    except ChildFailedError as exc:
-        failure = exc.failures.get(0) or next(iter(exc.failures.values()))
-        return failure.exitcode if failure.exitcode >= 0 else 128 - failure.exitcode
-    except SignalException as exc:
-        return 128 + exc.sigval
-    return 0
 
 
 if __name__ == "__main__":
