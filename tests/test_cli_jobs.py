@@ -45,6 +45,30 @@ def test_list_and_show(jobs):
     assert "failed (set by api)" in shown.stdout and "killed by SIGKILL" in shown.stdout
 
 
+def test_manifest_prints_a_kubernetes_trainjob_that_runs_the_job_process(jobs):
+    import yaml
+
+    from tunesmith.config import get_settings
+
+    with Store().session() as s:
+        s.get(Job, jobs["alpha"]).meta = {"nproc_per_node": "2"}
+    printed = tunesmith("jobs", "manifest", jobs["alpha"], "--kubernetes", "--image", "registry.example/tunesmith:1")
+    assert printed.exit_code == 0, printed.stderr
+    manifest = yaml.safe_load(printed.stdout)
+    home = str(get_settings().home)
+    assert (manifest["apiVersion"], manifest["kind"]) == ("trainer.kubeflow.org/v1alpha1", "TrainJob")
+    assert manifest["metadata"]["labels"]["tunesmith/job"] == jobs["alpha"]
+    assert manifest["metadata"]["name"].startswith(jobs["alpha"].lower())
+    trainer = manifest["spec"]["trainer"]
+    assert trainer["command"] == ["torchrun", "-m", "tunesmith.train.run", f"{home}/jobs/{jobs['alpha']}"]
+    assert trainer["numProcPerNode"] == 2 and trainer["resourcesPerNode"]["limits"]["nvidia.com/gpu"] == 2
+    assert trainer["image"] == "registry.example/tunesmith:1"
+    assert {"name": "TUNESMITH_HOME", "value": home} in trainer["env"]
+    (override,) = manifest["spec"]["podTemplateOverrides"]
+    assert override["spec"]["containers"][0]["volumeMounts"][0]["mountPath"] == home
+    assert tunesmith("jobs", "manifest", jobs["alpha"]).exit_code == 1  # which manifest must be said
+
+
 def test_pause_resume_cancel_go_through_the_lifecycle(jobs):
     job_id = jobs["alpha"]
     assert tunesmith("jobs", "pause", job_id).stdout.strip() == f"{job_id}: paused"

@@ -28,10 +28,12 @@ class FakeLauncher:
         self.procs: dict[str, int | None] = {}
         self.started: list[str] = []
         self.stopped: list[str] = []
+        self.orders: dict[str, dict] = {}
 
     def start(self, job_id, job_dir, order):
         self.procs[job_id] = None
         self.started.append(job_id)
+        self.orders[job_id] = order
 
     def running(self):
         return list(self.procs)
@@ -75,11 +77,12 @@ def good_file(worker: Worker) -> str:
     return upload(worker, [chat_row(f"Question {i}?", f"Answer {i}.") for i in range(12)])
 
 
-def create_job(worker: Worker, file_id: str, project: str = "p", created_at: int | None = None) -> str:
+def create_job(worker: Worker, file_id: str, project: str = "p", created_at: int | None = None,
+               meta: dict | None = None) -> str:
     with worker.store.session() as s:
         job = Job(id=st.make_id("ftjob-"), project_id=worker.store.project(s, project).id,
                   model="smollm2-135m-instruct", training_file=file_id, seed=1, model_id=st.make_id("")[:8],
-                  hyperparameters={"n_epochs": "auto"}, created_at=created_at or st.now())
+                  hyperparameters={"n_epochs": "auto"}, created_at=created_at or st.now(), meta=meta)
         s.add(job)
         return job.id
 
@@ -153,6 +156,24 @@ def test_a_file_deleted_while_queued_fails_its_job_at_launch(worker):
     assert job(worker, gone).status == "failed"
     assert job(worker, gone).error["message"] == f"training_file {first} was deleted before the job started"
     assert job(worker, other).status == "running" and worker.launcher.started == [other]
+
+
+def test_a_job_trains_on_the_servers_process_count_or_on_its_metadatas(worker):
+    worker.settings.max_running_jobs, worker.settings.nproc_per_node = 2, 3
+    default, asked = create_job(worker, good_file(worker)), create_job(worker, good_file(worker),
+                                                                       meta={"nproc_per_node": "2"})
+    worker.tick()
+    assert worker.launcher.orders[default]["nproc_per_node"] == 3
+    assert worker.launcher.orders[asked]["nproc_per_node"] == 2
+
+
+@pytest.mark.parametrize("asked", ["0", "9", "two", "-1"])
+def test_a_process_count_out_of_the_servers_range_is_refused(asked):
+    from tunesmith.jobs.launcher import InvalidProcessCount, nproc_per_node
+
+    with pytest.raises(InvalidProcessCount, match=f"from 1 to 8 .*got '{asked}'"):
+        nproc_per_node(Settings(), {"nproc_per_node": asked})
+    assert nproc_per_node(Settings(nproc_per_node=4), None) == 4
 
 
 def test_a_killed_job_process_fails_with_the_likely_cause_and_resumes(worker):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import signal
 import sys
 import time
@@ -252,10 +253,17 @@ def train(
         help="Continue a stopped run (its job id) from its newest checkpoint; the file and settings must be the "
              "ones it started with.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object with the result.")] = False,
+    nproc_per_node: Annotated[int, typer.Option(
+        min=1, help="Train on N processes of this machine (torchrun; on GPUs one each). The result does not "
+                    "depend on N.")] = 1,
 ) -> None:
     """Fine-tune a model; prints the new model id (ft:…)."""
+    from tunesmith.train import distributed
     from tunesmith.train.run import TrainSpec, run_job
 
+    if nproc_per_node > 1 and "LOCAL_RANK" not in os.environ:  # become torchrun's agent: each rank runs this command
+        raise typer.Exit(distributed.start_ranks(nproc_per_node, ["-m", "tunesmith.cli", *sys.argv[1:]],
+                                                 get_settings().shutdown_grace_seconds))
     if resume is not None:
         _check_resumable(resume)
     spec = TrainSpec(file, validation, model, method, epochs, batch_size, learning_rate_multiplier, beta,
@@ -265,10 +273,13 @@ def train(
     progress = Progress(TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
                         TextColumn("loss {task.fields[loss]:.4f}{task.fields[rewards]}"),
                         TextColumn("{task.fields[tps]:.0f} tok/s"),
-                        TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=err)
+                        TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=err,
+                        disable=not distributed.is_main())
     with progress, stop:
         result = run_job(spec, _ProgressReporter(progress), stop_requested=stop, job_id=resume,
                          start=_resolve(model))
+    if not distributed.is_main():  # rank 0 registers and tells
+        return
     if result.model is not None:
         _register(result.model)
     if as_json:
@@ -524,6 +535,32 @@ def jobs_list(
     for n, row in enumerate(cells):
         line = "  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[-1]
         out.print(f"[bold]{escape(line)}[/]" if n == 0 else escape(line), soft_wrap=True, highlight=False)
+
+
+@jobs_app.command("manifest")
+@friendly_errors
+def jobs_manifest(
+    job_id: JobId,
+    kubernetes: Annotated[bool, typer.Option("--kubernetes", help="A Kubeflow Trainer v2 TrainJob (the only kind).")
+                          ] = False,
+    image: Annotated[str, typer.Option(help="Container image with tunesmith installed.")] = "tunesmith:latest",
+    volume_claim: Annotated[str, typer.Option(help="PersistentVolumeClaim holding the server's home.")
+                            ] = "tunesmith-home",
+    gpus: Annotated[bool, typer.Option(help="Ask for one GPU per process.")] = True,
+) -> None:
+    """Print a manifest that runs the job's process on a cluster: an example to adapt and apply by hand
+    (kubectl apply -f -); the server does not apply it. See the README's "Scaling out"."""
+    from tunesmith.jobs.kubernetes import train_job
+    from tunesmith.jobs.launcher import nproc_per_node
+    from tunesmith.jobs.store import Store
+
+    if not kubernetes:
+        raise TunesmithError("say which manifest: --kubernetes (a Kubeflow Trainer TrainJob) is the only one")
+    settings = get_settings()
+    with Store().read() as s:
+        job = _job(s, job_id)
+    out.print(train_job(job.id, settings.home, nproc_per_node(settings, job.meta), image, volume_claim, gpus),
+              highlight=False, soft_wrap=True, markup=False)
 
 
 @jobs_app.command("show")

@@ -16,6 +16,8 @@ OPENAI_MODEL_NAMES = ("gpt-4o-mini-2024-07-18", "gpt-4o-mini", "gpt-4.1-mini-202
                       "gpt-4.1-nano-2025-04-14", "gpt-4.1-nano", "gpt-3.5-turbo", "gpt-3.5-turbo-0125",
                       "babbage-002", "davinci-002", "ada", "babbage", "curie", "davinci")
 
+LauncherSetting = Literal["local", "ray"]  # where job processes run (jobs/launcher.py)
+
 # "auto": bf16 autocast where the hardware multiplies bf16 natively, fp32 elsewhere (train/precision.py).
 PrecisionSetting = Literal["auto", "bf16", "fp32"]
 
@@ -58,6 +60,17 @@ class Settings(BaseSettings):
     max_running_jobs: int = 1  # jobs training at once; queued ones are taken round-robin across projects
     # On shutdown, running jobs get this long to finish their step and write a checkpoint.
     shutdown_grace_seconds: float = 30.0
+    # Scaling out (the README's "Scaling out"). Processes per job (torchrun ranks on one machine): this
+    # default, or a job's metadata key nproc_per_node, at most max_nproc_per_node.
+    nproc_per_node: int = Field(default=1, ge=1)
+    max_nproc_per_node: int = Field(default=8, ge=1)
+    launcher: LauncherSetting = "local"
+    # launcher "ray": the cluster's Jobs API (its dashboard address; None: Ray's RAY_ADDRESS), the Python
+    # that runs tunesmith on its nodes, and what each job process reserves there.
+    ray_address: str | None = None
+    ray_python: str = "python"
+    ray_cpus_per_process: float = 1.0
+    ray_gpus_per_process: float = 0.0
 
     @property
     def aliases(self) -> dict[str, str]:

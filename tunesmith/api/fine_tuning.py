@@ -20,6 +20,7 @@ from tunesmith.api.lists import After, Page, page
 from tunesmith.jobs import store as st
 from tunesmith.jobs.store import Checkpoint, Event, Job, Project, Store
 from tunesmith.jobs import lifecycle
+from tunesmith.jobs.launcher import nproc_per_node
 from tunesmith.models import finetuned
 from tunesmith.train.hyper import DEFAULT_PATIENCE
 
@@ -154,6 +155,7 @@ def create(body: CreateJob, project: Project = Depends(current_project), store: 
                        param="method.type")
     schema = DpoHyperparameters if method == "dpo" else Hyperparameters
     hp = schema(**(body.hyperparameters.model_dump(exclude_unset=True) if body.hyperparameters else {}))
+    nproc_per_node(store.settings, body.metadata)  # a process count the server cannot run is refused now
     own = getattr(body.method, method) if body.method else None
     if own and own.hyperparameters:
         hp = own.hyperparameters  # the method's own settings win, as at OpenAI

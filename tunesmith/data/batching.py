@@ -69,6 +69,24 @@ def epoch_order(n_examples: int, batch_size: int, seed: int, epoch: int) -> list
     return [order[i : i + batch_size].tolist() for i in range(0, n_examples, batch_size)]
 
 
+def shard(indices: list[int], lengths: list[int], rank: int, world_size: int) -> list[int]:
+    """The items of one optimizer step that process ``rank`` of ``world_size`` trains on (torchrun).
+
+    Longest first, each item goes to the rank with the fewest tokens so far (ties: the lowest rank),
+    so the ranks finish their share of a step at about the same time. Every rank computes the same
+    split from the same arguments; with one process it is the whole step, in its order."""
+    if world_size == 1:
+        return indices
+    fills = [(0, r) for r in range(world_size)]  # a heap of (tokens, rank)
+    mine = []
+    for i in sorted(indices, key=lambda i: -lengths[i]):  # stable: equal lengths keep the step's order
+        fill, r = heappop(fills)
+        if r == rank:
+            mine.append(i)
+        heappush(fills, (fill + lengths[i], r))
+    return mine
+
+
 def pack(indices: list[int], lengths: list[int], row_tokens: int) -> list[list[int]]:
     """Spread items over as few rows of at most ``row_tokens`` as they fill, evenly.
 

@@ -32,7 +32,7 @@ from tunesmith.data.validate import DEFAULT_MAX_LENGTH, validate_file
 from tunesmith.errors import TunesmithError
 from tunesmith.jobs import lifecycle, registry
 from tunesmith.jobs import store as st
-from tunesmith.jobs.launcher import LOG_FILE, LocalLauncher, exit_reason
+from tunesmith.jobs.launcher import LOG_FILE, NPROC_KEY, Launcher, exit_reason, make_launcher, nproc_per_node
 from tunesmith.jobs.lifecycle import add_event, attempt
 from tunesmith.jobs.store import Checkpoint, Event, File, Job, Store
 from tunesmith.models import finetuned
@@ -65,11 +65,11 @@ LEGACY_RESULT_COLUMNS = {
 
 
 class Worker:
-    def __init__(self, store: Store, poll_seconds: float = 0.5, launcher: LocalLauncher | None = None):
+    def __init__(self, store: Store, poll_seconds: float = 0.5, launcher: Launcher | None = None):
         self.store = store
         self.settings: Settings = store.settings
         self.poll_seconds = poll_seconds
-        self.launcher = launcher or LocalLauncher(self.settings)
+        self.launcher = launcher or make_launcher(self.settings)
         self._signalled: set[str] = set()
         self._renderers: dict[str, object] = {}
         self._stop = threading.Event()
@@ -143,7 +143,7 @@ class Worker:
                             error={"code": code, "message": message, "param": param})
         except Exception:
             print(f"tunesmith worker: cannot fail job {job_id}:\n{traceback.format_exc()}", file=sys.stderr)
-        if job_id in self.launcher.procs:
+        if job_id in self.launcher.running():
             self.launcher.stop(job_id)
 
     # --- validation --------------------------------------------------------------------------
@@ -217,10 +217,11 @@ class Worker:
                 running = s.scalar(select(func.count()).select_from(Job).where(Job.status == st.RUNNING))
                 free = self.settings.max_running_jobs - running
                 # a job resumed while its last process is still stopping waits for that process to end
-                claimed = [j.id for j in st.claim_queued(s, max(0, free)) if j.id not in self.launcher.procs]
+                running = self.launcher.running()
+                claimed = [j.id for j in st.claim_queued(s, max(0, free)) if j.id not in running]
             for job_id in claimed:
                 self._for_job(job_id, self._launch, fail_as="the job could not be started")
-            if not claimed or all(job_id in self.launcher.procs for job_id in claimed):
+            if not claimed or all(job_id in self.launcher.running() for job_id in claimed):
                 return
 
     def _launch(self, s, job: Job) -> None:
@@ -244,7 +245,8 @@ class Worker:
                              started_at=job.started_at or st.now(), error=None, finished_at=None)
         job_dir = self.job_dir(job.id)
         job_dir.mkdir(parents=True, exist_ok=True)
-        self.launcher.start(job.id, job_dir, {"spec": spec, "model_id": job.model_id, "start": start})
+        self.launcher.start(job.id, job_dir, {"spec": spec, "model_id": job.model_id, "start": start,
+                                              NPROC_KEY: nproc_per_node(self.settings, job.meta)})
 
     def _follow_running(self) -> None:
         for job_id in self.launcher.running():

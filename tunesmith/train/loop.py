@@ -31,9 +31,10 @@ import torch
 
 from tunesmith.atomic import fsync_dir, fsync_tree
 from tunesmith.config import PrecisionSetting
-from tunesmith.data.batching import DEFAULT_MICRO_BATCH_TOKENS, epoch_order, micro_batches, take
+from tunesmith.data.batching import DEFAULT_MICRO_BATCH_TOKENS, epoch_order, micro_batches, shard, take
 from tunesmith.data.tokenize import Pair, Tokenized
 from tunesmith.errors import TunesmithError
+from tunesmith.train import distributed
 from tunesmith.train.hyper import DEFAULT_PATIENCE, lr_lambda
 from tunesmith.train.losses import SFT, Objective
 from tunesmith.train.precision import device_of, resolve
@@ -113,6 +114,8 @@ def train(model, train_set: list[Tokenized] | list[Pair], cfg: LoopConfig, check
     steps_per_epoch = len(epoch_order(len(train_set), cfg.batch_size, cfg.seed, 0))
     total_steps = steps_per_epoch * cfg.n_epochs
     params = [p for p in model.parameters() if p.requires_grad]
+    distributed.broadcast_params(model)
+    rank, world_size = distributed.rank(), distributed.world_size()
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(total_steps))
 
@@ -139,8 +142,8 @@ def train(model, train_set: list[Tokenized] | list[Pair], cfg: LoopConfig, check
         nonlocal evaluating
         began = time.perf_counter()
         result = evaluate(model, valid_set, pad_id, cfg.micro_batch_tokens, objective, cfg.precision)
-        if answers and cfg.answer_scorer is not None:
-            result |= cfg.answer_scorer(model)
+        if answers and cfg.answer_scorer is not None:  # generation: rank 0 alone, the others take its scores
+            result |= distributed.from_main(cfg.answer_scorer(model) if distributed.is_main() else None)
         model.train()
         evaluating += time.perf_counter() - began
         return result
@@ -159,13 +162,15 @@ def train(model, train_set: list[Tokenized] | list[Pair], cfg: LoopConfig, check
     for epoch in range(step // steps_per_epoch, cfg.n_epochs):
         order = epoch_order(len(train_set), cfg.batch_size, cfg.seed, epoch)
         for indices in order[step - epoch * steps_per_epoch :]:
-            weight = sum(weights[i] for i in indices)
+            weight = sum(weights[i] for i in indices)  # the whole step's, on every rank
             sums: Counter[str] = Counter()
-            for group in micro_batches(indices, lengths, cfg.micro_batch_tokens):
+            for group in micro_batches(shard(indices, lengths, rank, world_size), lengths, cfg.micro_batch_tokens):
                 with amp.autocast():
                     loss, stats = objective(model, take(group, train_set), pad_id)
                 (loss / weight).backward()
                 sums.update(stats)
+            distributed.all_reduce_grads(params)
+            sums = distributed.summed(sums)
             tokens_seen += sum(lengths[i] for i in indices)
             grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
             # Checked before the update: one NaN or inf step would poison every weight it touches.
@@ -188,7 +193,7 @@ def train(model, train_set: list[Tokenized] | list[Pair], cfg: LoopConfig, check
             if valid_set and cfg.eval_steps and step % cfg.eval_steps == 0 and step % steps_per_epoch:
                 metrics.update(validate())
             reporter.on_step(metrics)
-            if stop_requested() and step % steps_per_epoch:
+            if distributed.any_rank(stop_requested()) and step % steps_per_epoch:
                 _save(model, optimizer, schedule, checkpoint_dir, step, epoch + 1, metrics,
                       trained_tokens, checkpoints, reporter, keep=False)
                 return LoopResult(False, step, trained_tokens, metrics, checkpoints)
@@ -198,7 +203,7 @@ def train(model, train_set: list[Tokenized] | list[Pair], cfg: LoopConfig, check
               checkpoints, reporter, keep=True)
         if guard_says_stop(epoch + 1):
             return LoopResult(True, step, trained_tokens, metrics, checkpoints, guarded_best(), early_stopped=True)
-        if stop_requested() and step < total_steps:
+        if distributed.any_rank(stop_requested()) and step < total_steps:
             return LoopResult(False, step, trained_tokens, metrics, checkpoints)
     return LoopResult(True, step, trained_tokens, metrics, checkpoints, guarded_best())
 
@@ -222,15 +227,27 @@ def _save(model, optimizer, schedule, checkpoint_dir: Path, step: int, epoch: in
           trained_tokens: int, checkpoints: list[Checkpoint], reporter: Reporter, keep: bool) -> None:
     """Write a checkpoint; only the newest keeps the (large) optimizer state needed to resume.
 
-    ``keep=False`` marks a stop checkpoint: resumable, but not listed as a per-epoch checkpoint."""
+    ``keep=False`` marks a stop checkpoint: resumable, but not listed as a per-epoch checkpoint. Under
+    torchrun rank 0 alone writes it (every rank holds the same weights and optimizer state) and every
+    rank lists it."""
     path = checkpoint_dir / f"step-{step:06d}"
+    ckpt = Checkpoint(step, epoch, path, {k: float(v) for k, v in metrics.items()})
+    if distributed.is_main():
+        listed = checkpoints + [ckpt] if keep else checkpoints
+        _write(model, optimizer, schedule, checkpoint_dir, ckpt, trained_tokens, listed)
+    if keep:
+        checkpoints.append(ckpt)
+        reporter.on_checkpoint(ckpt)
+
+
+def _write(model, optimizer, schedule, checkpoint_dir: Path, ckpt: Checkpoint, trained_tokens: int,
+           listed: list[Checkpoint]) -> None:
+    path = ckpt.path
     tmp = path.with_name(path.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
-    ckpt = Checkpoint(step, epoch, path, {k: float(v) for k, v in metrics.items()})
-    listed = checkpoints + [ckpt] if keep else checkpoints
     torch.save({"optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
-                "rng": torch.get_rng_state(), "step": step, "trained_tokens": trained_tokens,
+                "rng": torch.get_rng_state(), "step": ckpt.step, "trained_tokens": trained_tokens,
                 "checkpoints": [{"step": c.step, "epoch": c.epoch, "path": str(c.path), "metrics": c.metrics}
                                 for c in listed]}, tmp / STATE_FILE)
     fsync_tree(tmp)  # a checkpoint that a later run resumes from must be whole on disk, not only in cache
@@ -240,9 +257,6 @@ def _save(model, optimizer, schedule, checkpoint_dir: Path, step: int, epoch: in
     for older in checkpoint_dir.glob(f"step-*/{STATE_FILE}"):
         if older.parent != path:
             older.unlink()
-    if keep:
-        checkpoints.append(ckpt)
-        reporter.on_checkpoint(ckpt)
 
 
 def resumable_checkpoint(checkpoint_dir: Path) -> Path | None:
@@ -260,8 +274,11 @@ def evaluate(model, dataset: list[Tokenized] | list[Pair], pad_id: int,
     model.eval()
     amp = resolve(precision, device_of(model))
     sums: Counter[str] = Counter()
-    for group in micro_batches(list(range(len(dataset))), [t.n_tokens for t in dataset], micro_batch_tokens):
+    lengths = [t.n_tokens for t in dataset]
+    mine = shard(list(range(len(dataset))), lengths, distributed.rank(), distributed.world_size())
+    for group in micro_batches(mine, lengths, micro_batch_tokens):
         with amp.autocast():
             sums.update(objective(model, take(group, dataset), pad_id)[1])
+    sums = distributed.summed(sums)
     weight = max(sum(objective.weight(t) for t in dataset), 1)
     return {"valid_" + name.removeprefix("train_"): total / weight for name, total in sums.items()}

@@ -10,6 +10,7 @@ so "auto" keeps fp32 there; "bf16" and "fp32" force one or the other.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import get_args
 
@@ -58,4 +59,7 @@ def device_of(model: torch.nn.Module) -> torch.device:
 
 
 def training_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """A GPU when there is one (under torchrun, this process's own: LOCAL_RANK), else the CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device("cpu")

@@ -27,7 +27,7 @@ from tunesmith.data.validate import DEFAULT_MAX_LENGTH, Report, line_list, valid
 from tunesmith.errors import TunesmithError
 from tunesmith.models import finetuned
 from tunesmith.models.loading import BaseInfo, ensure_cached, load_model, load_renderer
-from tunesmith.train import answers, hyper, loop, losses
+from tunesmith.train import answers, distributed, hyper, loop, losses
 from tunesmith.train.precision import training_device
 
 METHODS = ("lora", "full", "dpo")  # dpo: preference pairs, trained as a LoRA adapter
@@ -132,10 +132,16 @@ def run_job(spec: TrainSpec, reporter: JobReporter, settings: Settings | None = 
     ``start`` is ``spec.model`` resolved by the caller (the trainer knows no registry); None for a
     base model. ``model_id`` fixes the short id of the resulting model, so a job that is re-run
     after a crash registers the same model again instead of a second one. The new model's record is
-    returned in the result, and the caller registers it."""
+    returned in the result, and the caller registers it.
+
+    Under torchrun every rank calls this with the same arguments; each trains its share of every step
+    (``distributed.py``). Rank 0 alone reports, writes files and returns the new model's record."""
     enforce_offline()
     check_spec(spec)
     settings = settings or get_settings()
+    distributed.init()
+    if not distributed.is_main():
+        reporter = JobReporter()  # says nothing: rank 0 tells
     started = time.perf_counter()
     if start is None:
         if finetuned.is_tuned(spec.model):
@@ -145,14 +151,18 @@ def run_job(spec: TrainSpec, reporter: JobReporter, settings: Settings | None = 
     if start.weights is not None and _weights_kind(start.method) != _weights_kind(spec.method):
         raise TunesmithError(f"{spec.model} was tuned with method {start.method}; method {spec.method} "
                              "cannot continue it (full fine-tuning and LoRA adapters do not mix)")
-    info = ensure_cached(start.base, settings, status=reporter.on_message)
+    if distributed.is_main():  # a first use converts the base model: once, before the other ranks read it
+        ensure_cached(start.base, settings, status=reporter.on_message)
+    distributed.barrier()
+    info = ensure_cached(start.base, settings)
     renderer = load_renderer(info)
     train_report = _validated(spec.training_file, spec, renderer, reporter, hyper.MIN_EXAMPLES)
-    job_id = job_id or f"ftjob-{finetuned.new_id(24)}"
+    job_id = distributed.from_main(job_id or f"ftjob-{finetuned.new_id(24)}")
     job_dir = settings.jobs_dir / job_id
     resume_from = loop.resumable_checkpoint(job_dir / "checkpoints")
     first_run = _read_run(job_dir) if resume_from is not None else None
-    seed = next(s for s in (spec.seed, (first_run or {}).get("seed"), random.randrange(2**31)) if s is not None)
+    seed = distributed.from_main(
+        next(s for s in (spec.seed, (first_run or {}).get("seed"), random.randrange(2**31)) if s is not None))
     train_examples, train_set = train_report.examples, train_report.tokenized
     valid_examples, valid_set = [], []
     if spec.validation_file:
@@ -176,13 +186,14 @@ def run_job(spec: TrainSpec, reporter: JobReporter, settings: Settings | None = 
                             "tunesmith): resuming with the current ones")
     if resume_from is not None:
         reporter.on_message(f"Resuming from checkpoint {resume_from.name}")
-    if first_run is None:
+    if first_run is None and distributed.is_main():
         write_atomic(job_dir / RUN_FILE, json.dumps(run, indent=1).encode())
         write_atomic(job_dir / DATA_FILE, json.dumps({"system": shared_system(train_examples)}).encode())
 
     # Intra-op threads do all the work of eager training. The inter-op pool only runs forked tasks
-    # (torch.jit.fork), which training has none of, so its size is left alone.
-    torch.set_num_threads(settings.threads)
+    # (torch.jit.fork), which training has none of, so its size is left alone. The job's processes on
+    # one machine share its CPUs.
+    torch.set_num_threads(max(1, settings.threads // distributed.local_world_size()))
     torch.manual_seed(seed)
     try:
         model = build_model(info, resume_from or start.weights, spec).to(training_device())
@@ -198,7 +209,8 @@ def run_job(spec: TrainSpec, reporter: JobReporter, settings: Settings | None = 
         objective = losses.DPO(hp.beta, hp.rpo_alpha)
 
     reporter.on_message(f"Job {job_id}: {len(train_set)} examples, {hp.n_epochs} epochs, "
-                        f"batch size {hp.batch_size}, learning rate {hp.learning_rate:.2e}{hp.dpo_text}, seed {seed}")
+                        f"batch size {hp.batch_size}, learning rate {hp.learning_rate:.2e}{hp.dpo_text}, seed {seed}"
+                        f"{_processes_text()}")
     # DPO's validation pairs have two answers each: the reward accuracy already says which one the model prefers.
     scorer = None
     if valid_set and spec.method != "dpo":
@@ -211,6 +223,8 @@ def run_job(spec: TrainSpec, reporter: JobReporter, settings: Settings | None = 
                         stop_requested=stop_requested)
     outcome = JobResult(job_id, "succeeded" if result.completed else "stopped", None, result.trained_tokens,
                         seed, hp.as_dict(), result.metrics)
+    if not distributed.is_main():
+        return outcome
     last = max(job_dir.glob("checkpoints/step-*"), default=None)
     outcome.last_checkpoint = str(last) if last else None
     if not result.completed:
@@ -237,6 +251,11 @@ def run_job(spec: TrainSpec, reporter: JobReporter, settings: Settings | None = 
     outcome.checkpoints = [f"{name}:ckpt-step-{c.step}" for c in result.checkpoints]
     outcome.seconds = time.perf_counter() - started
     return outcome
+
+
+def _processes_text() -> str:
+    world = distributed.world_size()
+    return f", on {world} processes ({torch.distributed.get_backend()})" if world > 1 else ""
 
 
 def shared_system(examples: list) -> str | None:
@@ -355,15 +374,15 @@ def _attach_reference(model, pairs: list[Pair], path: Path, pad_id: int, reporte
     adapter goes on training (its reference is that model, adapter included, not the bare base), a
     full model; it needs no second model in memory and one forward pass in all instead of one per
     step. Kept in the job directory: a resumed job's weights are no longer the starting ones."""
-    if path.exists():
-        for pair, reference in zip(pairs, torch.load(path).tolist(), strict=True):
-            pair.reference = tuple(reference)
-        return
-    reporter.on_message(f"Computing the reference log-probabilities of {len(pairs)} preference pairs")
-    losses.attach_reference(model, pairs, pad_id, precision=precision)
-    buffer = io.BytesIO()
-    torch.save(torch.tensor([p.reference for p in pairs], dtype=torch.float64), buffer)
-    write_atomic(path, buffer.getvalue())
+    if not path.exists() and distributed.is_main():  # under torchrun: rank 0 computes, the others read
+        reporter.on_message(f"Computing the reference log-probabilities of {len(pairs)} preference pairs")
+        losses.attach_reference(model, pairs, pad_id, precision=precision)
+        buffer = io.BytesIO()
+        torch.save(torch.tensor([p.reference for p in pairs], dtype=torch.float64), buffer)
+        write_atomic(path, buffer.getvalue())
+    distributed.barrier()
+    for pair, reference in zip(pairs, torch.load(path).tolist(), strict=True):
+        pair.reference = tuple(reference)
 
 
 def build_model(info: BaseInfo, previous: Path | None, spec: TrainSpec):
@@ -386,6 +405,7 @@ def build_model(info: BaseInfo, previous: Path | None, spec: TrainSpec):
 # --- the job process: `python -m tunesmith.train.run JOB_DIR` -------------------------------------
 
 SPEC_FILE, RESULT_FILE = "spec.json", "result.json"
+NPROC_KEY = "nproc_per_node"  # the order's number of processes to train on (one machine, torchrun)
 EXIT_STOPPED = 3
 
 
@@ -455,13 +475,21 @@ def main(argv: list[str] | None = None) -> int:
     _die_with_parent()
     if os.getppid() != parent:  # the parent died before the death signal was armed
         return 1
+    try:
+        nproc = json.loads((job_dir / SPEC_FILE).read_text()).get(NPROC_KEY, 1)
+    except (OSError, ValueError, AttributeError):
+        nproc = 1  # the run below fails the job with what is wrong with its order
+    if nproc > 1 and "LOCAL_RANK" not in os.environ:  # not yet under torchrun: become its agent
+        return distributed.start_ranks(nproc, ["-m", "tunesmith.train.run", str(job_dir)],
+                                       get_settings().shutdown_grace_seconds)
     stop = {"requested": False}
     # SIGTERM is the worker's way to stop a job; Ctrl-C on a terminal running `tunesmith serve`
     # reaches its job processes too, and must checkpoint the same way rather than tear a step.
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.update(requested=True))
     quiet_libraries()
-    (job_dir / RESULT_FILE).unlink(missing_ok=True)  # a result is only ever this run's
+    if distributed.is_main():
+        (job_dir / RESULT_FILE).unlink(missing_ok=True)  # a result is only ever this run's
     try:
         order = json.loads((job_dir / SPEC_FILE).read_text())
         spec = TrainSpec(**order["spec"])
@@ -479,7 +507,9 @@ def main(argv: list[str] | None = None) -> int:
         traceback.print_exc()
         outcome = {"status": "failed", "error": f"internal error: {type(exc).__name__}: {exc} "
                                                 f"(traceback in {job_dir / 'process.log'})"}
-    write_atomic(job_dir / RESULT_FILE, json.dumps(outcome).encode())
+    if distributed.is_main():
+        write_atomic(job_dir / RESULT_FILE, json.dumps(outcome).encode())
+    distributed.close()
     return {"succeeded": 0, "stopped": EXIT_STOPPED}.get(outcome["status"], 1)
 
 

@@ -1,0 +1,120 @@
+"""One job on two processes (torchrun, gloo, on this CPU) trains what it trains on one, and a checkpoint
+written by two processes resumes on one.
+
+The job processes are started as the local launcher starts them: ``python -m tunesmith.train.run
+JOB_DIR`` with the order's ``nproc_per_node``, so the process that gets a stop signal is torchrun's agent.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+from conftest import SMOL, chat_row, write_jsonl
+from live_server import new_home
+from tunesmith.data.batching import shard
+from tunesmith.train.events import EVENTS_FILE, read_new
+from tunesmith.train.run import RESULT_FILE, SPEC_FILE
+
+# 13 lines in steps of 4: every epoch ends with a step of one line, which leaves the second rank nothing.
+N_LINES, BATCH, EPOCHS = 13, 4, 2
+TOTAL_STEPS = EPOCHS * -(-N_LINES // BATCH)
+TOLERANCE = 1e-4  # relative, per step
+
+
+def test_a_step_is_shared_out_whole_and_evenly():
+    lengths = [50, 10, 40, 30, 30, 5]
+    shares = [shard(list(range(6)), lengths, r, 2) for r in range(2)]
+    assert sorted(shares[0] + shares[1]) == list(range(6))
+    assert [sum(lengths[i] for i in s) for s in shares] == [85, 80]
+    assert shard([3], lengths, 1, 2) == [] and shard([3, 1], lengths, 0, 1) == [3, 1]
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory, smol_info) -> Path:
+    return new_home(tmp_path_factory.mktemp("distributed"))
+
+
+@pytest.fixture(scope="module")
+def train_file(home) -> Path:
+    colours = ["red", "blue", "green", "amber", "violet", "teal", "ochre"]
+    return write_jsonl(home / "train.jsonl", [chat_row(f"Name colour number {i}.", f"Colour {i} is {colours[i % 7]}.")
+                                              for i in range(N_LINES)])
+
+
+def start(home: Path, job_id: str, train_file: Path, nproc: int) -> subprocess.Popen:
+    job_dir = home / "jobs" / job_id
+    job_dir.mkdir(parents=True, exist_ok=True)
+    spec = {"training_file": str(train_file), "model": SMOL, "method": "lora", "n_epochs": EPOCHS,
+            "batch_size": BATCH, "learning_rate_multiplier": 2, "seed": 11}
+    order = {"spec": spec, "model_id": job_id[-8:], "start": None, "nproc_per_node": nproc}
+    (job_dir / SPEC_FILE).write_text(json.dumps(order))
+    env = {**os.environ, "TUNESMITH_HOME": str(home), "HF_HUB_OFFLINE": "1", "TUNESMITH_THREADS": "2"}
+    with open(job_dir / "process.log", "ab") as log:
+        return subprocess.Popen([sys.executable, "-m", "tunesmith.train.run", str(job_dir)], env=env, stdout=log,
+                                stderr=subprocess.STDOUT)
+
+
+def losses(home: Path, job_id: str) -> dict[int, float]:
+    records, _ = read_new(home / "jobs" / job_id / EVENTS_FILE, 0)
+    return {r["data"]["step"]: r["data"]["train_loss"] for r in records if r.get("type") == "metrics"}
+
+
+def result(home: Path, job_id: str) -> dict:
+    return json.loads((home / "jobs" / job_id / RESULT_FILE).read_text())
+
+
+def finish(home: Path, job_id: str, proc: subprocess.Popen) -> dict:
+    assert proc.wait(600) == 0, (home / "jobs" / job_id / "process.log").read_text()[-3000:]
+    return result(home, job_id)
+
+
+def relative_gap(a: dict[int, float], b: dict[int, float]) -> float:
+    assert a.keys() == b.keys()
+    return max(abs(a[s] - b[s]) / abs(a[s]) for s in a)
+
+
+@pytest.mark.slow
+def test_two_processes_train_what_one_does_and_their_checkpoint_resumes_on_one(home, train_file):
+    one = finish(home, "ftjob-one", start(home, "ftjob-one", train_file, 1))
+    two = finish(home, "ftjob-two", start(home, "ftjob-two", train_file, 2))
+    assert one["status"] == two["status"] == "succeeded"
+    reference = losses(home, "ftjob-one")
+    assert sorted(reference) == list(range(1, TOTAL_STEPS + 1))
+    gap = relative_gap(reference, losses(home, "ftjob-two"))
+    print(f"1 vs 2 processes: max relative train_loss gap {gap:.2e} over {TOTAL_STEPS} steps")
+    assert gap < TOLERANCE
+    assert one["trained_tokens"] == two["trained_tokens"]
+    said = [r["message"] for r in read_new(home / "jobs" / "ftjob-two" / EVENTS_FILE, 0)[0] if "message" in r]
+    assert any(m.endswith(", seed 11, on 2 processes (gloo)") for m in said), said
+    a = load_file(home / "jobs" / "ftjob-one" / "model" / "adapter_model.safetensors")
+    b = load_file(home / "jobs" / "ftjob-two" / "model" / "adapter_model.safetensors")
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-4
+
+    # Two processes, stopped from outside after a few steps (SIGTERM to torchrun's agent, as the launcher
+    # stops a job), then resumed from their checkpoint on one process.
+    proc = start(home, "ftjob-split", train_file, 2)
+    deadline = time.time() + 300
+    while len(losses(home, "ftjob-split")) < 2 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(300)
+    stopped = result(home, "ftjob-split")
+    assert stopped["status"] == "stopped", stopped
+    stopped_at = int(stopped["metrics"]["step"])
+    assert 2 <= stopped_at < TOTAL_STEPS
+    resumed = finish(home, "ftjob-split", start(home, "ftjob-split", train_file, 1))
+    assert resumed["status"] == "succeeded"
+    split = losses(home, "ftjob-split")
+    assert sorted(split) == list(range(1, TOTAL_STEPS + 1))
+    gap = relative_gap(reference, split)
+    print(f"stopped at step {stopped_at} on 2 processes, resumed on 1: max relative gap {gap:.2e}")
+    assert gap < TOLERANCE

@@ -1,0 +1,172 @@
+"""One job on many processes: torchrun's ranks, the share of a step each takes, and what they agree on.
+
+A job process started by ``torchrun`` (``WORLD_SIZE`` > 1 in its environment) joins a process group:
+gloo on CPU, NCCL on CUDA. Every rank runs the same job with the same data order (``epoch_order``
+knows no ranks); of each optimizer step's items a rank takes its share (``batching.shard``), sums
+its gradients and the step's statistics, and ``all_reduce_grads`` adds them up across ranks before
+the update. The loss of a step is divided by the whole step's weight (its trained tokens), the same
+on every rank, so the summed gradient is exactly the one a single process computes for the step, and
+the loss curve does not depend on the number of processes.
+
+The gradients are summed with one collective per bucket after the step's last micro-batch, not by
+wrapping the model in ``DistributedDataParallel``: DDP reduces during a backward that runs through
+its wrapper's ``forward``, while our objectives call the decoder and a chunked head directly; and a
+rank may get no item in a step (the last step of an epoch can hold fewer items than there are
+ranks), which DDP cannot express. Every rank then holds the same gradient, takes the same optimizer
+step and keeps the same full optimizer state, so a checkpoint (rank 0 writes it) resumes on any
+number of processes.
+
+Without torchrun every function here is the single-process identity: rank 0 of 1.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+from tunesmith.train.precision import training_device
+
+# Gradients travel in flat buffers of about this size (as DDP's buckets): few collectives, bounded copies.
+BUCKET_BYTES = 25 * 1024 * 1024
+# A rank waits this long for the others at a collective: rank 0 alone scores answers or computes
+# DPO's reference log-probabilities while the others wait.
+TIMEOUT = timedelta(hours=2)
+
+
+def is_main() -> bool:
+    """Rank 0 alone writes the job's events, checkpoints and result; known from torchrun's environment
+    before the group is joined."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def rank() -> int:
+    return dist.get_rank() if active() else 0
+
+
+def world_size() -> int:
+    """The processes of the job's group; 1 outside one (also where torchrun's variables are set but no
+    group was joined: a share of a step is only ever taken when the others take theirs)."""
+    return dist.get_world_size() if active() else 1
+
+
+def local_world_size() -> int:
+    """The job's processes on this machine: they share its CPUs."""
+    return int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+
+
+def init() -> None:
+    """Join torchrun's process group, once; nothing for a single process."""
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1 or dist.is_initialized():
+        return
+    if torch.cuda.is_available():
+        torch.cuda.set_device(training_device())
+    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo", timeout=TIMEOUT)
+
+
+def active() -> bool:
+    return dist.is_initialized() and dist.get_world_size() > 1
+
+
+def from_main(value):
+    """Rank 0's ``value`` on every rank (a random seed, a new job id, rank 0's answer scores)."""
+    if not active():
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def any_rank(flag: bool) -> bool:
+    """True on every rank if it is True on one: a stop signal reaches the ranks at different moments,
+    and they must stop after the same step."""
+    if not active():
+        return flag
+    t = torch.tensor([int(flag)], device=training_device())
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def summed(stats: Counter[str]) -> Counter[str]:
+    """A step's statistics summed over the ranks; a rank with no item in the step has none."""
+    if not active():
+        return stats
+    gathered: list = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, dict(stats))
+    total: Counter[str] = Counter()
+    for part in gathered:  # in rank order: every rank adds in the same order, and gets the same sums
+        total.update(part)
+    return total
+
+
+def all_reduce_grads(params: list[torch.nn.Parameter]) -> None:
+    """Sum each parameter's gradient over the ranks (a rank that computed none contributes zeros)."""
+    if not active():
+        return
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    bucket: list[torch.Tensor] = []
+    size = 0
+    for p in params:
+        bucket.append(p.grad)
+        size += p.grad.numel() * p.grad.element_size()
+        if size >= BUCKET_BYTES:
+            _reduce(bucket)
+            bucket, size = [], 0
+    if bucket:
+        _reduce(bucket)
+
+
+def _reduce(grads: list[torch.Tensor]) -> None:
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset : offset + g.numel()].view_as(g))
+        offset += g.numel()
+
+
+def broadcast_params(model: torch.nn.Module) -> None:
+    """Rank 0's trained weights on every rank before the first step, as DDP does: a fresh adapter is
+    seeded the same everywhere, but nothing else should have to be for the ranks to agree."""
+    if not active():
+        return
+    for p in model.parameters():
+        if p.requires_grad:
+            dist.broadcast(p.data, src=0)
+
+
+def barrier() -> None:
+    if active():
+        dist.barrier()
+
+
+def close() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def start_ranks(nproc: int, command: list[str], grace_seconds: float) -> int:
+    """Run ``command`` (``-m module args…``) as ``nproc`` ranks on this machine under torchrun, with this
+    process as their agent; returns rank 0's exit code.
+
+    torchrun passes a SIGTERM or SIGINT on to every rank (they agree on a step to stop after and rank 0
+    checkpoints) and kills them TORCH_ELASTIC_SHUTDOWN_TIMEOUT seconds later: by default
+    ``grace_seconds``, the server's grace for a stopping job, rather than torchrun's 30 s."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import main as torchrun
+
+    os.environ.setdefault("TORCH_ELASTIC_SHUTDOWN_TIMEOUT", str(int(grace_seconds)))
+    try:
+        torchrun(["--standalone", f"--nproc-per-node={nproc}", *command])
+    except ChildFailedError as exc:
+        failure = exc.failures.get(0) or next(iter(exc.failures.values()))
+        return failure.exitcode if failure.exitcode >= 0 else 128 - failure.exitcode
+    except SignalException as exc:
+        return 128 + exc.sigval
+    return 0
