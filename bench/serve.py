@@ -35,7 +35,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE), str(HERE / "load")]  # bench/load/run.py imports its neighbours as top-level modules
 from load.run import ROOT, Server, machine, new_home  # noqa: E402
 
 sys.path.insert(0, str(ROOT))

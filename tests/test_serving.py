@@ -28,13 +28,14 @@ def base(tiny_model_factory):
 
 @pytest.fixture(scope="module")
 def adapters(base, tmp_path_factory):
-    """Four PEFT adapters with random (non-zero) weights; the last also trains three token rows."""
+    """Four PEFT adapters with random (non-zero) weights: three of rank 8, the last of rank 16 that also
+    trains three token rows."""
     root = tmp_path_factory.mktemp("adapters")
     paths = []
     for i in range(4):
         torch.manual_seed(100 + i)
         tokens = {"embed_tokens": ADDED} if i == 3 else None
-        config = LoraConfig(r=4 + 4 * i, lora_alpha=16, target_modules="all-linear", init_lora_weights=False,
+        config = LoraConfig(r=8 if i < 3 else 16, lora_alpha=16, target_modules="all-linear", init_lora_weights=False,
                             trainable_token_indices=tokens)
         peft = get_peft_model(copy.deepcopy(base), config)
         with torch.no_grad():
@@ -68,14 +69,18 @@ def peft_logits(base, path, ids):
         return model(input_ids=ids).logits
 
 
-def test_each_row_gets_its_own_adapter_as_peft_computes_it(base, adapters):
+# stacked: every adapter side by side; with no room for that, gathered per row (the one-rank batch) or
+# grouped (mixed ranks)
+@pytest.mark.parametrize("dense_max_rank", [256, 0], ids=["stacked", "gathered-or-grouped"])
+@pytest.mark.parametrize("slots", [[0, None, 3, 1, 3, 2], [2, None, 1, 0, 1, 1]], ids=["ranks-8-16", "rank-8"])
+def test_each_row_gets_its_own_adapter_as_peft_computes_it(base, adapters, dense_max_rank, slots, monkeypatch):
+    monkeypatch.setattr("tunesmith.serve.lora.DENSE_MAX_RANK", dense_max_rank)
     model = copy.deepcopy(base)
     lora = MultiLoRA(model)
     for slot, path in enumerate(adapters):
         lora.install(slot, read_adapter(path, lora))
     # every trained token appears, so the adapter's embedding rows and output columns both count
     ids = torch.tensor([[1, ADDED[0], 300, ADDED[2], 42, 7]] * 6)
-    slots = [0, None, 3, 1, 3, 2]
     with torch.no_grad(), lora.routed(Routing.of(slots)):
         mixed = model(input_ids=ids).logits
     with torch.no_grad():
@@ -84,7 +89,7 @@ def test_each_row_gets_its_own_adapter_as_peft_computes_it(base, adapters):
         expected = plain[row] if slot is None else peft_logits(base, adapters[slot], ids[row : row + 1])[0]
         torch.testing.assert_close(mixed[row], expected, atol=2e-5, rtol=1e-5)
     assert not torch.allclose(mixed[0], plain[0], atol=1e-3)  # the adapters do change the answer
-    with torch.no_grad(), lora.routed(Routing.single(3)):
+    with torch.no_grad(), lora.routed(Routing.single(slots[2])):
         whole = model(input_ids=ids[:2]).logits
     torch.testing.assert_close(whole[0], mixed[2], atol=1e-5, rtol=1e-5)
 

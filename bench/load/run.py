@@ -74,8 +74,9 @@ class Server:
     """`tunesmith serve` on 127.0.0.1 in its own process group, so stopping it stops its job processes too."""
 
     def __init__(self, home: Path, source: Path = ROOT, env: dict[str, str] | None = None):
-        self.home, self.port = home, free_port()
-        # This checkout's tunesmith (or ``source``'s), whatever an editable install in the venv points at.
+        self.home, self.port, self.source = home, free_port(), source
+        # This checkout's tunesmith (or ``source``'s), whatever an editable install in the venv points at
+        # (run from that folder too: ``python -m`` puts the working directory first on the path).
         self.env = {**os.environ, "TUNESMITH_HOME": str(home), "HF_HUB_OFFLINE": "1", **(env or {}),
                     "PYTHONPATH": os.pathsep.join(filter(None, [str(source), os.environ.get("PYTHONPATH")]))}
         self.log = home / "server.log"
@@ -86,8 +87,8 @@ class Server:
         return f"http://127.0.0.1:{self.port}"
 
     def cli(self, *args: str) -> str:
-        done = subprocess.run([sys.executable, "-m", "tunesmith.cli", *args], env=self.env, capture_output=True,
-                              text=True)
+        done = subprocess.run([sys.executable, "-m", "tunesmith.cli", *args], env=self.env, cwd=self.source,
+                              capture_output=True, text=True)
         if done.returncode:
             raise RuntimeError(f"tunesmith {' '.join(args)} failed: {done.stderr.strip()}")
         return done.stdout.strip()
@@ -96,7 +97,7 @@ class Server:
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "tunesmith.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port)],
-                env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                env=self.env, cwd=self.source, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.time() + timeout
         while time.time() < deadline:
             if self.proc.poll() is not None:

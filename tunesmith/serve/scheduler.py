@@ -75,6 +75,7 @@ class Scheduler:
         self._mask = torch.zeros(0, 0, dtype=torch.long)
         self._last = torch.zeros(0, 1, dtype=torch.long)  # each running row's newest token
         self._prefill: _Prefill | None = None
+        self._routings: dict[tuple, Routing] = {}
         self.steps = 0  # decode steps run, for tests and the benchmark
 
     def submit(self, request: Request) -> None:
@@ -212,7 +213,11 @@ class Scheduler:
         self._remove([i for i, r in enumerate(self._running) if r.answer.finish_reason])
 
     def _forward(self, slots: list[int | None], ids, mask, positions, cache) -> torch.Tensor:
-        routing = Routing.of(slots)
+        routing = self._routings.get(tuple(slots))
+        if routing is None:  # kept while the batch keeps its rows: the layers' masks are built once
+            if len(self._routings) >= 4:
+                self._routings.clear()
+            routing = self._routings[tuple(slots)] = Routing.of(slots)
         if self.lora is None:
             out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
                              use_cache=True, logits_to_keep=1)
