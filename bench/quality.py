@@ -40,7 +40,6 @@ from pathlib import Path
 from quality_tasks import TASKS, Task, make_task, prompt_of
 
 MISSES_KEPT = 3  # wrong answers kept per run in the JSON report: enough to see what goes wrong
-BATCH_SIZE = 25  # test questions answered together, as the guard answers validation questions
 
 
 @dataclass
@@ -119,8 +118,8 @@ class Suite:
         from tunesmith.serve.engine import Sampling
 
         rows = task.splits["test"]
-        replies = self.engine.generate(model, self.prompts(task), Sampling(max_tokens=task.max_tokens),
-                                       batch_size=BATCH_SIZE)
+        # every test question at once: the scheduler batches them (up to TUNESMITH_MAX_BATCH_SIZE)
+        replies = self.engine.generate(model, self.prompts(task), Sampling(max_tokens=task.max_tokens))
         right = [task.score(r.text, row) for r, row in zip(replies, rows)]
         misses = [{"prompt": row["messages"][-2]["content"], "expected": task.reference(row), "answer": r.text}
                   for r, row, ok in zip(replies, rows, right) if not ok]
