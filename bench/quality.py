@@ -151,15 +151,14 @@ class Suite:
 def machine(quick: bool) -> dict:
     """The CPU, its features that decide the precision, the matmul rates, and the precision training uses."""
     import torch
-    from train_throughput import peak_child
+    from train_throughput import cpu_features, peak_child
 
     from tunesmith.config import get_settings
     from tunesmith.train.precision import resolve, training_device
 
     capabilities = torch.cpu.get_capabilities()
-    features = {name: bool(capabilities.get(name)) for name in ("avx2", "avx512_f", "avx512_bf16", "amx_bf16")}
     return {"cpu": capabilities.get("cpu_name"), "cores": capabilities.get("num_physical_cores"),
-            "threads": get_settings().threads, "features": features, "device": str(training_device()),
+            "threads": get_settings().threads, "features": cpu_features(), "device": str(training_device()),
             "matmul_gflops": peak_child(256 if quick else 1024),
             "precision": resolve(get_settings().precision, training_device()).name}
 

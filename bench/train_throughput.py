@@ -3,6 +3,7 @@
     python bench/train_throughput.py --json bench.json          # 440 examples (400 + 40 held out)
     python bench/train_throughput.py --quick                     # a smoke run: 10 short examples
     python bench/train_throughput.py --method full               # full fine-tuning instead of LoRA
+    python bench/train_throughput.py --trl-default-steps 10      # a shorter look at TRL's defaults
 
 The script writes a fixed chat dataset (seeded: list words, then sort, reverse or capitalise them;
 lengths drawn evenly from 30–600 tokens, the template's ~40 the least) and a held-out set, then trains one epoch in each configuration, each in
@@ -10,7 +11,8 @@ a fresh process so that its peak RSS is its own:
 
 - ``tunesmith``: tunesmith's trainer with its defaults (auto batch size and learning rate, precision
   "auto", packing), as ``run_job`` builds it;
-- ``trl_default``: TRL's SFTTrainer with its defaults, made to run on CPU (``use_cpu=True``);
+- ``trl_default``: TRL's SFTTrainer with its defaults, made to run on CPU (``use_cpu=True``), for a
+  fixed 40 optimizer steps of the full set (``--trl-default-steps``), not the epoch: see below;
 - ``trl_best``: TRL at its best here: padding-free batches with per-example position ids,
   assistant-only loss (through a chat template with ``{% generation %}`` markers), no gradient
   checkpointing, bf16 only where the hardware has it. Padding-free without packing keeps TRL's
@@ -18,15 +20,19 @@ a fresh process so that its peak RSS is its own:
 
 All three take the same optimizer steps: the same examples per step (tunesmith's auto batch size),
 the same peak learning rate, LoRA r=16 α=32 on all linear layers. Reported for each: trained tokens
-per second (every non-padding token of the epoch over the time of ``train``; tunesmith's includes
-writing its end-of-epoch checkpoint, TRL saves nothing), that time, peak RSS,
-and the held-out loss after the epoch (tunesmith's: mean cross-entropy per assistant token, in fp32,
-the same evaluation for all three). tunesmith's model-FLOP utilisation is against the best matmul
+per second (every non-padding token of the steps taken over the time of ``train``; tunesmith's
+includes writing its end-of-epoch checkpoint, TRL saves nothing), that time, peak RSS, and for the
+two that train the whole epoch the held-out loss after it (mean cross-entropy per assistant token,
+in fp32, the same evaluation for both). tunesmith's model-FLOP utilisation is against the best matmul
 rate (bf16 or fp32) measured in the same run; its FLOPs are the work the loss needs: linear layers
 on every token, causal attention within each example, the vocabulary projection where trained.
 
-TRL's defaults include bf16=True: on a CPU without native bf16 (no AMX or AVX-512 BF16) that is
-emulated, many times slower than fp32, and ``trl_default`` takes far longer than the other two.
+TRL's defaults include bf16=True and gradient checkpointing: on a CPU without native bf16 (no AMX or
+AVX-512 BF16) bf16 is emulated, many times slower than fp32, and a whole epoch of ``trl_default``
+takes hours. Its row is therefore the tokens/s of its first 40 steps (counted by the Trainer's own
+non-padding token count), marked as such; a loss after 40 of 50 steps at TRL's default learning rate
+says nothing about the other two's, so it has none. The script prints the CPU features it found and
+each side's precision: this machine kind differs from one run to the next.
 
 TRL comes from the ``bench`` extra (``pip install -e '.[bench]'``); tunesmith never imports it.
 """
@@ -77,11 +83,13 @@ TRAINING_TEMPLATE = (
 @dataclass
 class Run:
     config: str
-    tokens: int  # non-padding tokens trained in the epoch
+    tokens: int  # non-padding tokens trained in the steps taken
     seconds: float  # of the training call alone: no loading, tokenizing or evaluating
     peak_rss_mb: float  # after training (a high-water mark: loading and training)
-    valid_loss: float
+    valid_loss: float | None  # None where the run stops before the epoch's end
     precision: str
+    steps: int  # optimizer steps taken
+    epoch: bool  # whether the steps were the whole epoch
     flops: float | None = None  # the useful work of the epoch (tunesmith only)
 
     @property
@@ -132,7 +140,15 @@ class _Quiet:
     def on_checkpoint(self, checkpoint) -> None: ...
 
 
-def child(config: str, method: str, train_path: Path, valid_path: Path) -> Run:
+def cpu_features() -> dict[str, bool]:
+    """The features that decide which precision is fast here (torch.cpu.get_capabilities() names)."""
+    import torch
+
+    capabilities = torch.cpu.get_capabilities()
+    return {name: bool(capabilities.get(name)) for name in ("avx2", "avx512_f", "avx512_bf16", "amx_bf16")}
+
+
+def child(config: str, method: str, train_path: Path, valid_path: Path, trl_default_steps: int) -> Run:
     import torch
 
     from tunesmith.config import enforce_offline, get_settings, quiet_libraries
@@ -152,15 +168,20 @@ def child(config: str, method: str, train_path: Path, valid_path: Path) -> Run:
     hp = hyper.resolve(len(train_set), method, n_epochs=1)
     spec = TrainSpec(train_path, method=method, n_epochs=1, seed=0)
     torch.manual_seed(0)
+    epoch_steps = -(-len(train_set) // hp.batch_size)
+    max_steps = min(trl_default_steps, epoch_steps) if config == "trl_default" else epoch_steps
     with tempfile.TemporaryDirectory() as workdir:
         if config == "tunesmith":
             model, tokens, seconds, precision = _tunesmith(info, spec, hp, settings, train_set, pad_id, Path(workdir))
         else:
-            model, tokens, seconds, precision = _trl(config, info, spec, hp, renderer.tokenizer, train_path, workdir)
+            model, tokens, seconds, precision = _trl(config, info, spec, hp, renderer.tokenizer, train_path, workdir,
+                                                     max_steps)
     peak = _peak_rss_mb()
-    valid_loss = loop.evaluate(model, valid_set, pad_id)["valid_loss"]  # the same evaluation (fp32) for all
+    epoch = max_steps == epoch_steps
+    # The same evaluation (fp32) for every run that trained the whole epoch.
+    valid_loss = loop.evaluate(model, valid_set, pad_id)["valid_loss"] if epoch else None
     flops = _useful_flops(model.config, train_set, method) if config == "tunesmith" else None
-    return Run(config, tokens, seconds, peak, valid_loss, precision, flops)
+    return Run(config, tokens, seconds, peak, valid_loss, precision, max_steps, epoch, flops)
 
 
 def _tunesmith(info, spec, hp, settings, train_set, pad_id, workdir: Path):
@@ -179,7 +200,7 @@ def _tunesmith(info, spec, hp, settings, train_set, pad_id, workdir: Path):
     return model, sum(t.n_tokens for t in train_set), seconds, resolve(settings.precision, training_device()).name
 
 
-def _trl(config: str, info, spec, hp, tokenizer, train_path: Path, workdir: str):
+def _trl(config: str, info, spec, hp, tokenizer, train_path: Path, workdir: str, max_steps: int):
     import torch
     from datasets import Dataset
     from peft import LoraConfig
@@ -193,18 +214,21 @@ def _trl(config: str, info, spec, hp, tokenizer, train_path: Path, workdir: str)
                    bf16=fast_bf16(torch.device("cpu"))) if best else {}
     if best:
         tokenizer.chat_template = TRAINING_TEMPLATE
-    args = SFTConfig(output_dir=workdir, use_cpu=True, num_train_epochs=1, per_device_train_batch_size=hp.batch_size,
-                     learning_rate=hp.learning_rate, seed=0, report_to="none", save_strategy="no",
-                     disable_tqdm=True, **options)
+    # The Trainer counts the non-padding tokens of the steps it takes (attention masks: TRL's default
+    # collator pads and masks); padding-free batches have no mask, and there every example is trained.
+    args = SFTConfig(output_dir=workdir, use_cpu=True, num_train_epochs=1, max_steps=max_steps,
+                     per_device_train_batch_size=hp.batch_size, learning_rate=hp.learning_rate, seed=0,
+                     report_to="none", save_strategy="no", disable_tqdm=True,
+                     include_num_input_tokens_seen="no" if best else "non_padding", **options)
     lora = LoraConfig(r=spec.lora_r, lora_alpha=spec.lora_alpha, lora_dropout=spec.lora_dropout,
                       target_modules="all-linear", task_type="CAUSAL_LM") if spec.method == "lora" else None
     rows = [json.loads(line) for line in train_path.read_text().splitlines()]
     trainer = SFTTrainer(model=load_model(info), args=args, train_dataset=Dataset.from_list(rows),
                          processing_class=tokenizer, peft_config=lora)
-    tokens = sum(map(len, trainer.train_dataset["input_ids"]))
     began = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - began
+    tokens = sum(map(len, trainer.train_dataset["input_ids"])) if best else trainer.state.num_input_tokens_seen
     return trainer.model, tokens, seconds, "bf16" if args.bf16 else "fp32"
 
 
@@ -268,7 +292,7 @@ def _check_training_template(tokenizer, rows: list[dict]) -> None:
             sys.exit(f"TRAINING_TEMPLATE renders differently from the model's template:\n{own!r}\n{marked!r}")
 
 
-def report(runs: dict[str, Run], peaks: dict[str, float], method: str) -> dict:
+def report(runs: dict[str, Run], peaks: dict[str, float], features: dict[str, bool], method: str) -> dict:
     from rich.console import Console
     from rich.table import Table
 
@@ -276,19 +300,22 @@ def report(runs: dict[str, Run], peaks: dict[str, float], method: str) -> dict:
     ours = runs.get("tunesmith")
     mfu = ours.flops / ours.seconds / (peak * 1e9) if ours else None
     table = Table(title=f"One epoch of {method} SFT, SmolLM2-135M")
-    for column in ("config", "precision", "tokens", "seconds", "tokens/s", "× TRL default", "peak RSS MB",
-                   "held-out loss"):
+    for column in ("config", "precision", "steps", "tokens", "seconds", "tokens/s", "× TRL default", "× TRL best",
+                   "peak RSS MB", "held-out loss"):
         table.add_column(column, justify="left" if column == "config" else "right")
-    base = runs.get("trl_default")
+    default, best = runs.get("trl_default"), runs.get("trl_best")
     for run in runs.values():
-        table.add_row(run.config, run.precision, str(run.tokens), f"{run.seconds:.1f}", f"{run.tok_s:.0f}",
-                      f"{run.tok_s / base.tok_s:.2f}" if base else "–", f"{run.peak_rss_mb:.0f}",
-                      f"{run.valid_loss:.4f}")
-    console = Console()
+        table.add_row(run.config, run.precision, f"{run.steps}" if run.epoch else f"{run.steps} (not the epoch)",
+                      str(run.tokens), f"{run.seconds:.1f}", f"{run.tok_s:.0f}",
+                      f"{run.tok_s / default.tok_s:.2f}" if default else "–",
+                      f"{run.tok_s / best.tok_s:.2f}" if best else "–", f"{run.peak_rss_mb:.0f}",
+                      "–" if run.valid_loss is None else f"{run.valid_loss:.4f}")
+    console = Console(width=160)  # the table's ten columns, unwrapped in a log file or a narrow terminal
     console.print(table)
+    console.print("CPU features: " + ", ".join(f"{name} {'yes' if on else 'no'}" for name, on in features.items()))
     console.print(f"matmul peak: fp32 {peaks['fp32']:.0f} GFLOP/s, bf16 {peaks['bf16']:.0f} GFLOP/s"
                   + (f"; tunesmith MFU {mfu:.1%} of {peak:.0f} GFLOP/s" if ours else ""))
-    result = {"method": method, "peak_gflops": peaks, "mfu": mfu,
+    result = {"method": method, "cpu_features": features, "peak_gflops": peaks, "mfu": mfu,
               "runs": {name: {**asdict(run), "tok_s": run.tok_s} for name, run in runs.items()}}
     for name, run in runs.items():
         result[f"{name}_tok_s"] = run.tok_s
@@ -303,6 +330,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="a smoke run: 10 short examples, a small matmul")
     parser.add_argument("--method", choices=("lora", "full"), default="lora")
     parser.add_argument("--configs", default=",".join(CONFIGS), help=f"comma-separated subset of {', '.join(CONFIGS)}")
+    parser.add_argument("--trl-default-steps", type=int, default=40,
+                        help="optimizer steps of trl_default (its emulated bf16 takes hours an epoch on AVX2)")
     parser.add_argument("--json", type=Path, help="write the results here")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--data", type=Path, nargs=2, help=argparse.SUPPRESS)
@@ -312,7 +341,7 @@ def main() -> None:
         print(json.dumps(peak_child(args.size)))
         return
     if args.child:
-        run = child(args.child, args.method, *args.data)
+        run = child(args.child, args.method, *args.data, args.trl_default_steps)
         print(json.dumps(asdict(run)))
         return
 
@@ -326,6 +355,9 @@ def main() -> None:
 
     enforce_offline()
     quiet_libraries()
+    features = cpu_features()
+    print("CPU features: " + ", ".join(f"{name} {'yes' if on else 'no'}" for name, on in features.items()),
+          file=sys.stderr)
     renderer = load_renderer(ensure_cached("smollm2-135m-instruct"))
 
     def count_tokens(row: dict) -> int:
@@ -338,11 +370,11 @@ def main() -> None:
         runs = {}
         for config in configs:
             began = time.perf_counter()
-            runs[config] = Run(**_in_child(["--child", config, "--method", args.method,
-                                            "--data", *map(str, data)]))
+            runs[config] = Run(**_in_child(["--child", config, "--method", args.method, "--data", *map(str, data),
+                                            "--trl-default-steps", str(args.trl_default_steps)]))
             print(f"{config}: done in {time.perf_counter() - began:.0f} s", file=sys.stderr)
     peaks = _in_child(["--child", "peak", "--size", str(size)])
-    result = report(runs, peaks, args.method)
+    result = report(runs, peaks, features, args.method)
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
 
