@@ -1,5 +1,6 @@
 """One job on two processes (torchrun, gloo, on this CPU) trains what it trains on one, and a checkpoint
-written by two processes resumes on one.
+written by two processes resumes on one; a full fine-tune, whose layers two processes shard with
+FSDP2, too, and its checkpoint written by one process resumes sharded on two.
 
 The job processes are started as the local launcher starts them: ``python -m tunesmith.train.run
 JOB_DIR`` with the order's ``nproc_per_node``, so the process that gets a stop signal is torchrun's agent.
@@ -50,11 +51,17 @@ def train_file(home) -> Path:
                                               for i in range(N_LINES)])
 
 
-def start(home: Path, job_id: str, train_file: Path, nproc: int) -> subprocess.Popen:
+def start(home: Path, job_id: str, train_file: Path, nproc: int, method: str = "lora") -> subprocess.Popen:
+    """A LoRA job without validation, or a full fine-tune with it: rank 0 alone then answers the validation
+    questions at each epoch's end, with the sharded layers gathered."""
     job_dir = home / "jobs" / job_id
     job_dir.mkdir(parents=True, exist_ok=True)
-    spec = {"training_file": str(train_file), "model": SMOL, "method": "lora", "n_epochs": EPOCHS,
-            "batch_size": BATCH, "learning_rate_multiplier": 2, "seed": 11}
+    spec = {"training_file": str(train_file), "model": SMOL, "method": method, "n_epochs": EPOCHS,
+            "batch_size": BATCH, "learning_rate_multiplier": 2 if method == "lora" else 0.1, "seed": 11}
+    if method == "full":
+        valid = write_jsonl(home / "valid.jsonl", [chat_row(f"Name colour number {i}.", f"Colour {i} is red.")
+                                                   for i in (20, 21, 22)])
+        spec |= {"validation_file": str(valid)}
     order = {"spec": spec, "model_id": job_id[-8:], "start": None, "nproc_per_node": nproc}
     (job_dir / SPEC_FILE).write_text(json.dumps(order))
     env = {**os.environ, "TUNESMITH_HOME": str(home), "HF_HUB_OFFLINE": "1", "TUNESMITH_THREADS": "2"}
@@ -99,17 +106,8 @@ def test_two_processes_train_what_one_does_and_their_checkpoint_resumes_on_one(h
     b = load_file(home / "jobs" / "ftjob-two" / "model" / "adapter_model.safetensors")
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-4
 
-    # Two processes, stopped from outside after a few steps (SIGTERM to torchrun's agent, as the launcher
-    # stops a job), then resumed from their checkpoint on one process.
-    proc = start(home, "ftjob-split", train_file, 2)
-    deadline = time.time() + 300
-    while len(losses(home, "ftjob-split")) < 2 and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGTERM)
-    proc.wait(300)
-    stopped = result(home, "ftjob-split")
-    assert stopped["status"] == "stopped", stopped
-    stopped_at = int(stopped["metrics"]["step"])
+    # Two processes, stopped from outside after a few steps, then resumed from their checkpoint on one.
+    stopped_at = stop_after(home, "ftjob-split", start(home, "ftjob-split", train_file, 2), 2)
     assert 2 <= stopped_at < TOTAL_STEPS
     resumed = finish(home, "ftjob-split", start(home, "ftjob-split", train_file, 1))
     assert resumed["status"] == "succeeded"
@@ -117,4 +115,51 @@ def test_two_processes_train_what_one_does_and_their_checkpoint_resumes_on_one(h
     assert sorted(split) == list(range(1, TOTAL_STEPS + 1))
     gap = relative_gap(reference, split)
     print(f"stopped at step {stopped_at} on 2 processes, resumed on 1: max relative gap {gap:.2e}")
+    assert gap < TOLERANCE
+
+
+def stop_after(home: Path, job_id: str, proc: subprocess.Popen, steps: int) -> int:
+    """SIGTERM to the job's process (torchrun's agent, as the launcher stops a job) once it has reported
+    ``steps`` steps; the step it stopped at."""
+    deadline = time.time() + 300
+    while len(losses(home, job_id)) < steps and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(300)
+    stopped = result(home, job_id)
+    assert stopped["status"] == "stopped", stopped
+    return int(stopped["metrics"]["step"])
+
+
+@pytest.mark.slow
+def test_a_full_fine_tune_sharded_on_two_processes_trains_what_one_does_and_resumes_across_sizes(home, train_file):
+    one = finish(home, "ftjob-full-one", start(home, "ftjob-full-one", train_file, 1, "full"))
+    two = finish(home, "ftjob-full-two", start(home, "ftjob-full-two", train_file, 2, "full"))
+    assert one["status"] == two["status"] == "succeeded"
+    reference = losses(home, "ftjob-full-one")
+    assert sorted(reference) == list(range(1, TOTAL_STEPS + 1))
+    gap = relative_gap(reference, losses(home, "ftjob-full-two"))
+    print(f"full fine-tune, 1 vs 2 processes (FSDP2): max relative train_loss gap {gap:.2e} over {TOTAL_STEPS} steps")
+    assert gap < TOLERANCE
+    said = [r["message"] for r in read_new(home / "jobs" / "ftjob-full-two" / EVENTS_FILE, 0)[0] if "message" in r]
+    assert any(m.endswith(", seed 11, on 2 processes (gloo, layers sharded with FSDP2)") for m in said), said
+    # Each epoch's answers, by rank 0 alone with the layers gathered, score as the single process's do.
+    scores = [[r["metrics"]["valid_exact_match"] for r in read_new(home / "jobs" / job / EVENTS_FILE, 0)[0]
+               if r.get("kind") == "checkpoint"] for job in ("ftjob-full-one", "ftjob-full-two")]
+    assert len(scores[0]) == EPOCHS and scores[0] == scores[1]
+    # The sharded run's model is whole on disk (gathered from both ranks), with the same weights.
+    a = load_file(home / "jobs" / "ftjob-full-one" / "model" / "model.safetensors")
+    b = load_file(home / "jobs" / "ftjob-full-two" / "model" / "model.safetensors")
+    assert a.keys() == b.keys()
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-4
+
+    # One process, stopped after a few steps; resumed on two, which shard the whole optimizer state it wrote.
+    stopped_at = stop_after(home, "ftjob-full-split", start(home, "ftjob-full-split", train_file, 1, "full"), 2)
+    assert 2 <= stopped_at < TOTAL_STEPS
+    resumed = finish(home, "ftjob-full-split", start(home, "ftjob-full-split", train_file, 2, "full"))
+    assert resumed["status"] == "succeeded"
+    split = losses(home, "ftjob-full-split")
+    assert sorted(split) == list(range(1, TOTAL_STEPS + 1))
+    gap = relative_gap(reference, split)
+    print(f"full fine-tune stopped at step {stopped_at} on 1 process, resumed on 2: max relative gap {gap:.2e}")
     assert gap < TOLERANCE

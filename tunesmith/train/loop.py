@@ -18,6 +18,7 @@ data order is a function of (seed, epoch).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import shutil
 import time
@@ -55,6 +56,9 @@ class LoopConfig:
     eval_steps: int | None = None  # also evaluate every N steps (reported with that step's metrics)
     patience: int | None = DEFAULT_PATIENCE  # epochs without a better checkpoint before stopping; None: guard off
     precision: PrecisionSetting = "fp32"  # the job passes the settings' choice ("auto" unless set)
+    # On many processes, shard the decoder's layers (FSDP2, distributed.shard_layers): for full
+    # fine-tuning, where every weight trains; an adapter's few weights are cheaper kept whole.
+    shard_layers: bool = False
     # Scores of greedy answers to validation questions (valid_exact_match, …), added to each epoch's
     # validation metrics; None: the validation loss alone judges the epochs.
     answer_scorer: Callable[[torch.nn.Module], dict[str, float]] | None = None
@@ -113,10 +117,13 @@ def train(model, train_set: list[Tokenized] | list[Pair], cfg: LoopConfig, check
     weights = [objective.weight(t) for t in train_set]
     steps_per_epoch = len(epoch_order(len(train_set), cfg.batch_size, cfg.seed, 0))
     total_steps = steps_per_epoch * cfg.n_epochs
-    params = [p for p in model.parameters() if p.requires_grad]
     distributed.broadcast_params(model)
+    sharded = cfg.shard_layers and distributed.shard_layers(model)
+    params = [p for p in model.parameters() if p.requires_grad]
     rank, world_size = distributed.rank(), distributed.world_size()
-    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    # One tensor at a time where shards and whole tensors mix: the multi-tensor kernels take one kind.
+    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
+                                  foreach=False if sharded else None)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(total_steps))
 
     step, trained_tokens, checkpoints = 0, 0, []
@@ -127,6 +134,7 @@ def train(model, train_set: list[Tokenized] | list[Pair], cfg: LoopConfig, check
         except Exception as exc:
             raise CorruptCheckpoint(resume_from, exc) from exc
         optimizer.load_state_dict(state["optimizer"])
+        distributed.shard_optimizer_state(optimizer)
         schedule.load_state_dict(state["schedule"])
         torch.set_rng_state(state["rng"])
         step, trained_tokens = state["step"], state["trained_tokens"]
@@ -143,7 +151,8 @@ def train(model, train_set: list[Tokenized] | list[Pair], cfg: LoopConfig, check
         began = time.perf_counter()
         result = evaluate(model, valid_set, pad_id, cfg.micro_batch_tokens, objective, cfg.precision)
         if answers and cfg.answer_scorer is not None:  # generation: rank 0 alone, the others take its scores
-            result |= distributed.from_main(cfg.answer_scorer(model) if distributed.is_main() else None)
+            with distributed.gathered(model) if sharded else contextlib.nullcontext():
+                result |= distributed.from_main(cfg.answer_scorer(model) if distributed.is_main() else None)
         model.train()
         evaluating += time.perf_counter() - began
         return result
@@ -164,15 +173,18 @@ def train(model, train_set: list[Tokenized] | list[Pair], cfg: LoopConfig, check
         for indices in order[step - epoch * steps_per_epoch :]:
             weight = sum(weights[i] for i in indices)  # the whole step's, on every rank
             sums: Counter[str] = Counter()
-            for group in micro_batches(shard(indices, lengths, rank, world_size), lengths, cfg.micro_batch_tokens):
+            groups = micro_batches(shard(indices, lengths, rank, world_size), lengths, cfg.micro_batch_tokens)
+            filler = [[min(indices, key=lengths.__getitem__)]]  # the step's shortest item, not counted
+            for group, counts in distributed.lockstep(groups, filler, sharded):
                 with amp.autocast():
                     loss, stats = objective(model, take(group, train_set), pad_id)
-                (loss / weight).backward()
-                sums.update(stats)
+                (loss / weight * counts).backward()
+                if counts:
+                    sums.update(stats)
             distributed.all_reduce_grads(params)
             sums = distributed.summed(sums)
             tokens_seen += sum(lengths[i] for i in indices)
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+            grad_norm = distributed.clip_grad_norm(params, cfg.max_grad_norm)
             # Checked before the update: one NaN or inf step would poison every weight it touches.
             if not (math.isfinite(sums.get("train_loss", 0.0)) and torch.isfinite(grad_norm)):
                 raise NonFiniteLoss(step + 1, sums.get("train_loss", 0.0) / weight, grad_norm.item(),
@@ -232,21 +244,22 @@ def _save(model, optimizer, schedule, checkpoint_dir: Path, step: int, epoch: in
     rank lists it."""
     path = checkpoint_dir / f"step-{step:06d}"
     ckpt = Checkpoint(step, epoch, path, {k: float(v) for k, v in metrics.items()})
+    weights, optimizer_state = distributed.full_state(model, optimizer)  # every rank: gathers shards
     if distributed.is_main():
         listed = checkpoints + [ckpt] if keep else checkpoints
-        _write(model, optimizer, schedule, checkpoint_dir, ckpt, trained_tokens, listed)
+        _write(model, weights, optimizer_state, schedule, checkpoint_dir, ckpt, trained_tokens, listed)
     if keep:
         checkpoints.append(ckpt)
         reporter.on_checkpoint(ckpt)
 
 
-def _write(model, optimizer, schedule, checkpoint_dir: Path, ckpt: Checkpoint, trained_tokens: int,
-           listed: list[Checkpoint]) -> None:
+def _write(model, weights: dict | None, optimizer_state: dict, schedule, checkpoint_dir: Path, ckpt: Checkpoint,
+           trained_tokens: int, listed: list[Checkpoint]) -> None:
     path = ckpt.path
     tmp = path.with_name(path.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    torch.save({"optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
+    model.save_pretrained(tmp, **({} if weights is None else {"state_dict": weights}))
+    torch.save({"optimizer": optimizer_state, "schedule": schedule.state_dict(),
                 "rng": torch.get_rng_state(), "step": ckpt.step, "trained_tokens": trained_tokens,
                 "checkpoints": [{"step": c.step, "epoch": c.epoch, "path": str(c.path), "metrics": c.metrics}
                                 for c in listed]}, tmp / STATE_FILE)
@@ -276,9 +289,13 @@ def evaluate(model, dataset: list[Tokenized] | list[Pair], pad_id: int,
     sums: Counter[str] = Counter()
     lengths = [t.n_tokens for t in dataset]
     mine = shard(list(range(len(dataset))), lengths, distributed.rank(), distributed.world_size())
-    for group in micro_batches(mine, lengths, micro_batch_tokens):
+    filler = [[min(range(len(dataset)), key=lengths.__getitem__, default=0)]]
+    for group, counts in distributed.lockstep(micro_batches(mine, lengths, micro_batch_tokens), filler,
+                                              distributed.is_sharded(model)):
         with amp.autocast():
-            sums.update(objective(model, take(group, dataset), pad_id)[1])
+            stats = objective(model, take(group, dataset), pad_id)[1]
+        if counts:
+            sums.update(stats)
     sums = distributed.summed(sums)
     weight = max(sum(objective.weight(t) for t in dataset), 1)
     return {"valid_" + name.removeprefix("train_"): total / weight for name, total in sums.items()}

@@ -210,14 +210,14 @@ def run_job(spec: TrainSpec, reporter: JobReporter, settings: Settings | None = 
 
     reporter.on_message(f"Job {job_id}: {len(train_set)} examples, {hp.n_epochs} epochs, "
                         f"batch size {hp.batch_size}, learning rate {hp.learning_rate:.2e}{hp.dpo_text}, seed {seed}"
-                        f"{_processes_text()}")
+                        f"{_processes_text(spec.method)}")
     # DPO's validation pairs have two answers each: the reward accuracy already says which one the model prefers.
     scorer = None
     if valid_set and spec.method != "dpo":
         scorer = answers.answer_scorer(valid_set, renderer, settings.precision)
     cfg = loop.LoopConfig(hp.n_epochs, hp.batch_size, hp.learning_rate, seed, objective=objective,
                           eval_steps=spec.eval_steps, patience=spec.patience if spec.early_stopping else None,
-                          precision=settings.precision, answer_scorer=scorer)
+                          precision=settings.precision, answer_scorer=scorer, shard_layers=spec.method == "full")
     result = loop.train(model, train_set, cfg, job_dir / "checkpoints", reporter,
                         pad_id=pad_id, valid_set=valid_set, resume_from=resume_from,
                         stop_requested=stop_requested)
@@ -253,9 +253,10 @@ def run_job(spec: TrainSpec, reporter: JobReporter, settings: Settings | None = 
     return outcome
 
 
-def _processes_text() -> str:
+def _processes_text(method: str) -> str:
     world = distributed.world_size()
-    return f", on {world} processes ({torch.distributed.get_backend()})" if world > 1 else ""
+    sharded = ", layers sharded with FSDP2" if method == "full" else ""  # as loop.train shards them
+    return f", on {world} processes ({torch.distributed.get_backend()}{sharded})" if world > 1 else ""
 
 
 def shared_system(examples: list) -> str | None:
