@@ -89,77 +89,68 @@ def relative_gap(a: dict[int, float], b: dict[int, float]) -> float:
     return max(abs(a[s] - b[s]) / abs(a[s]) for s in a)
 
 
-@pytest.mark.slow
-def test_two_processes_train_what_one_does_and_their_checkpoint_resumes_on_one(home, train_file):
-    one = finish(home, "ftjob-one", start(home, "ftjob-one", train_file, 1))
-    two = finish(home, "ftjob-two", start(home, "ftjob-two", train_file, 2))
-    assert one["status"] == two["status"] == "succeeded"
-    reference = losses(home, "ftjob-one")
+def same_on_one_and_two(home: Path, train_file: Path, method: str, weights_file: str) -> dict[int, float]:
+    """Train the job on 1 and on 2 processes; assert the per-step losses and final weights agree. The
+    1-process losses."""
+    one, two = (f"ftjob-{method}-{n}" for n in (1, 2))
+    assert finish(home, one, start(home, one, train_file, 1, method))["status"] == "succeeded"
+    assert finish(home, two, start(home, two, train_file, 2, method))["status"] == "succeeded"
+    reference = losses(home, one)
     assert sorted(reference) == list(range(1, TOTAL_STEPS + 1))
-    gap = relative_gap(reference, losses(home, "ftjob-two"))
-    print(f"1 vs 2 processes: max relative train_loss gap {gap:.2e} over {TOTAL_STEPS} steps")
+    gap = relative_gap(reference, losses(home, two))
+    print(f"{method}, 1 vs 2 processes: max relative train_loss gap {gap:.2e} over {TOTAL_STEPS} steps")
     assert gap < TOLERANCE
-    assert one["trained_tokens"] == two["trained_tokens"]
-    said = [r["message"] for r in read_new(home / "jobs" / "ftjob-two" / EVENTS_FILE, 0)[0] if "message" in r]
-    assert any(m.endswith(", seed 11, on 2 processes (gloo)") for m in said), said
-    a = load_file(home / "jobs" / "ftjob-one" / "model" / "adapter_model.safetensors")
-    b = load_file(home / "jobs" / "ftjob-two" / "model" / "adapter_model.safetensors")
+    assert result(home, one)["trained_tokens"] == result(home, two)["trained_tokens"]
+    # The 2-process model is whole on disk (rank 0 writes it; under FSDP2 gathered from both ranks).
+    a, b = (load_file(home / "jobs" / job / "model" / weights_file) for job in (one, two))
+    assert a.keys() == b.keys()
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-4
-
-    # Two processes, stopped from outside after a few steps, then resumed from their checkpoint on one.
-    stopped_at = stop_after(home, "ftjob-split", start(home, "ftjob-split", train_file, 2), 2)
-    assert 2 <= stopped_at < TOTAL_STEPS
-    resumed = finish(home, "ftjob-split", start(home, "ftjob-split", train_file, 1))
-    assert resumed["status"] == "succeeded"
-    split = losses(home, "ftjob-split")
-    assert sorted(split) == list(range(1, TOTAL_STEPS + 1))
-    gap = relative_gap(reference, split)
-    print(f"stopped at step {stopped_at} on 2 processes, resumed on 1: max relative gap {gap:.2e}")
-    assert gap < TOLERANCE
+    return reference
 
 
-def stop_after(home: Path, job_id: str, proc: subprocess.Popen, steps: int) -> int:
-    """SIGTERM to the job's process (torchrun's agent, as the launcher stops a job) once it has reported
-    ``steps`` steps; the step it stopped at."""
+def stopped_and_resumed(home: Path, train_file: Path, method: str, first: int, then: int,
+                        reference: dict[int, float]) -> None:
+    """Stop the job on ``first`` processes after a few steps (SIGTERM to torchrun's agent, as the launcher
+    stops a job), finish it on ``then``; assert its losses are the uninterrupted run's."""
+    job_id = f"ftjob-{method}-split"
+    proc = start(home, job_id, train_file, first, method)
     deadline = time.time() + 300
-    while len(losses(home, job_id)) < steps and time.time() < deadline and proc.poll() is None:
+    while len(losses(home, job_id)) < 2 and time.time() < deadline and proc.poll() is None:
         time.sleep(0.2)
     proc.send_signal(signal.SIGTERM)
     proc.wait(300)
     stopped = result(home, job_id)
     assert stopped["status"] == "stopped", stopped
-    return int(stopped["metrics"]["step"])
+    stopped_at = int(stopped["metrics"]["step"])
+    assert 2 <= stopped_at < TOTAL_STEPS
+    assert finish(home, job_id, start(home, job_id, train_file, then, method))["status"] == "succeeded"
+    split = losses(home, job_id)
+    assert sorted(split) == list(range(1, TOTAL_STEPS + 1))
+    gap = relative_gap(reference, split)
+    print(f"{method}, stopped at step {stopped_at} on {first} processes, resumed on {then}: max relative gap {gap:.2e}")
+    assert gap < TOLERANCE
+
+
+def opening_lines(home: Path, job_id: str) -> list[str]:
+    return [r["message"] for r in read_new(home / "jobs" / job_id / EVENTS_FILE, 0)[0] if "message" in r]
+
+
+@pytest.mark.slow
+def test_two_processes_train_what_one_does_and_their_checkpoint_resumes_on_one(home, train_file):
+    reference = same_on_one_and_two(home, train_file, "lora", "adapter_model.safetensors")
+    said = opening_lines(home, "ftjob-lora-2")
+    assert any(m.endswith(", seed 11, on 2 processes (gloo)") for m in said), said
+    stopped_and_resumed(home, train_file, "lora", 2, 1, reference)
 
 
 @pytest.mark.slow
 def test_a_full_fine_tune_sharded_on_two_processes_trains_what_one_does_and_resumes_across_sizes(home, train_file):
-    one = finish(home, "ftjob-full-one", start(home, "ftjob-full-one", train_file, 1, "full"))
-    two = finish(home, "ftjob-full-two", start(home, "ftjob-full-two", train_file, 2, "full"))
-    assert one["status"] == two["status"] == "succeeded"
-    reference = losses(home, "ftjob-full-one")
-    assert sorted(reference) == list(range(1, TOTAL_STEPS + 1))
-    gap = relative_gap(reference, losses(home, "ftjob-full-two"))
-    print(f"full fine-tune, 1 vs 2 processes (FSDP2): max relative train_loss gap {gap:.2e} over {TOTAL_STEPS} steps")
-    assert gap < TOLERANCE
-    said = [r["message"] for r in read_new(home / "jobs" / "ftjob-full-two" / EVENTS_FILE, 0)[0] if "message" in r]
+    reference = same_on_one_and_two(home, train_file, "full", "model.safetensors")
+    said = opening_lines(home, "ftjob-full-2")
     assert any(m.endswith(", seed 11, on 2 processes (gloo, layers sharded with FSDP2)") for m in said), said
     # Each epoch's answers, by rank 0 alone with the layers gathered, score as the single process's do.
     scores = [[r["metrics"]["valid_exact_match"] for r in read_new(home / "jobs" / job / EVENTS_FILE, 0)[0]
-               if r.get("kind") == "checkpoint"] for job in ("ftjob-full-one", "ftjob-full-two")]
+               if r.get("kind") == "checkpoint"] for job in ("ftjob-full-1", "ftjob-full-2")]
     assert len(scores[0]) == EPOCHS and scores[0] == scores[1]
-    # The sharded run's model is whole on disk (gathered from both ranks), with the same weights.
-    a = load_file(home / "jobs" / "ftjob-full-one" / "model" / "model.safetensors")
-    b = load_file(home / "jobs" / "ftjob-full-two" / "model" / "model.safetensors")
-    assert a.keys() == b.keys()
-    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-4
-
-    # One process, stopped after a few steps; resumed on two, which shard the whole optimizer state it wrote.
-    stopped_at = stop_after(home, "ftjob-full-split", start(home, "ftjob-full-split", train_file, 1, "full"), 2)
-    assert 2 <= stopped_at < TOTAL_STEPS
-    resumed = finish(home, "ftjob-full-split", start(home, "ftjob-full-split", train_file, 2, "full"))
-    assert resumed["status"] == "succeeded"
-    split = losses(home, "ftjob-full-split")
-    assert sorted(split) == list(range(1, TOTAL_STEPS + 1))
-    gap = relative_gap(reference, split)
-    print(f"full fine-tune stopped at step {stopped_at} on 1 process, resumed on 2: max relative gap {gap:.2e}")
-    assert gap < TOLERANCE
+    # Stopped on one process, resumed on two: they shard the whole optimizer state it wrote.
+    stopped_and_resumed(home, train_file, "full", 1, 2, reference)
