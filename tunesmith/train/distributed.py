@@ -217,7 +217,8 @@ def clip_grad_norm(params: list[torch.nn.Parameter], max_norm: float) -> torch.T
 @contextmanager
 def gathered(model: torch.nn.Module) -> Iterator[None]:
     """Every sharded layer's weights whole on every rank, and kept whole through forwards, while rank 0
-    alone runs the model (generation): no rank may gather on its own. Collective: every rank enters."""
+    alone runs the model (generation): no rank may gather on its own. Collective: every rank enters.
+    Nothing to do for a model that is not sharded."""
     from torch.distributed.fsdp import FSDPModule
 
     modules = [m for m in model.modules() if isinstance(m, FSDPModule)]

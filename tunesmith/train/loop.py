@@ -18,7 +18,6 @@ data order is a function of (seed, epoch).
 
 from __future__ import annotations
 
-import contextlib
 import math
 import shutil
 import time
@@ -151,7 +150,7 @@ def train(model, train_set: list[Tokenized] | list[Pair], cfg: LoopConfig, check
         began = time.perf_counter()
         result = evaluate(model, valid_set, pad_id, cfg.micro_batch_tokens, objective, cfg.precision)
         if answers and cfg.answer_scorer is not None:  # generation: rank 0 alone, the others take its scores
-            with distributed.gathered(model) if sharded else contextlib.nullcontext():
+            with distributed.gathered(model):
                 result |= distributed.from_main(cfg.answer_scorer(model) if distributed.is_main() else None)
         model.train()
         evaluating += time.perf_counter() - began
