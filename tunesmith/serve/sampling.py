@@ -8,6 +8,7 @@ the final text, and never show the start of a stop string that may still complet
 
 from __future__ import annotations
 
+import functools
 import random
 from dataclasses import dataclass, field
 
@@ -86,6 +87,10 @@ class Answer:
         self.ids: list[int] = []
         self.text = ""
         self.sent = 0
+        # Incremental decoding (TGI's decode_token): the text of ids[:_read] is settled, and each new
+        # token decodes only ids[_prefix:], so a long answer costs linear, not quadratic, decoding.
+        self._settled = ""
+        self._prefix = self._read = 0
         self.finish_reason: str | None = None
         self.logprobs: list[TokenLogprob] | None = [] if sampling.top_logprobs is not None else None
 
@@ -98,7 +103,7 @@ class Answer:
         if token in self.stop_ids:
             self.finish_reason = "stop"
         else:
-            self.text = self._decode(self.ids)
+            self.text = self._grow()
             cut = _first_stop(self.text, stops)
             if cut is not None:
                 self.text, self.finish_reason = self.text[:cut], "stop"
@@ -112,8 +117,19 @@ class Answer:
     def reply(self) -> Reply:
         return Reply(self.text, self.prompt_tokens, len(self.ids), self.finish_reason or "length", self.logprobs)
 
-    def _decode(self, ids: list[int]) -> str:
-        return self.tokenizer.decode(ids, skip_special_tokens=True)
+    def _grow(self) -> str:
+        """The whole text so far. The window starts at the tokens that settled last, because a tokenizer
+        may decode a token differently at the start of a text (a dropped leading space): the new text is
+        what the window's decoding adds to theirs. It settles once it does not end in the bytes of an
+        unfinished character (U+FFFD)."""
+        decode = functools.partial(self.tokenizer.decode, skip_special_tokens=True)
+        before = decode(self.ids[self._prefix : self._read])
+        new = decode(self.ids[self._prefix :])[len(before) :]
+        if new and not new.endswith("\ufffd"):
+            self._settled += new
+            self._prefix, self._read = self._read, len(self.ids)
+            return self._settled
+        return self._settled + new
 
 
 def logprobs_of(tokenizer, logprobs: torch.Tensor, token: int, top: int) -> TokenLogprob:
