@@ -14,7 +14,7 @@ import math
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -36,12 +36,20 @@ class _Resident:
     pins: int = 0
 
 
+@dataclass
+class _Loading:
+    """One adapter's reader lock and how many requests hold or wait for it (the entry goes with the last)."""
+
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    users: int = 0
+
+
 class AdapterCache:
     def __init__(self, lora: MultiLoRA, max_count: int, max_bytes: int):
         self.lora, self.max_count, self.max_bytes = lora, max_count, max_bytes
         self._resident: OrderedDict[str, _Resident] = OrderedDict()  # path → slot, least recent first
         self._lock = threading.Lock()
-        self._loading: dict[str, threading.Lock] = {}  # one reader per adapter; others wait for it
+        self._loading: dict[str, _Loading] = {}  # one reader per adapter; others wait for it
         self._next_slot = 0
         self.load_seconds: list[float] = []  # cold loads: read from disk and install, for the benchmark
 
@@ -50,23 +58,33 @@ class AdapterCache:
         when the request that asked for it is answered."""
         key = str(path)
         with self._lock:
-            loading = self._loading.setdefault(key, threading.Lock())
-        with loading:
+            loading = self._loading.setdefault(key, _Loading())
+            loading.users += 1
+        try:
+            with loading.lock:
+                return self._pin_or_load(key, path)
+        finally:
             with self._lock:
-                if key in self._resident:
-                    resident = self._resident[key]
-                    self._resident.move_to_end(key)
-                    resident.pins += 1
-                    return resident.slot
-            started = time.perf_counter()
-            weights = read_adapter(path, self.lora)
-            with self._lock:
-                slot, self._next_slot = self._next_slot, self._next_slot + 1
-                self.lora.install(slot, weights)
-                self._resident[key] = _Resident(slot, weights.nbytes, pins=1)
-                self._evict()
-            self.load_seconds.append(time.perf_counter() - started)
-            return slot
+                loading.users -= 1
+                if not loading.users:
+                    del self._loading[key]
+
+    def _pin_or_load(self, key: str, path: Path) -> int:
+        with self._lock:
+            if key in self._resident:
+                resident = self._resident[key]
+                self._resident.move_to_end(key)
+                resident.pins += 1
+                return resident.slot
+        started = time.perf_counter()
+        weights = read_adapter(path, self.lora)
+        with self._lock:
+            slot, self._next_slot = self._next_slot, self._next_slot + 1
+            self.lora.install(slot, weights)
+            self._resident[key] = _Resident(slot, weights.nbytes, pins=1)
+            self._evict()
+        self.load_seconds.append(time.perf_counter() - started)
+        return slot
 
     def release(self, path: Path) -> None:
         with self._lock:
