@@ -7,6 +7,7 @@ import copy
 import json
 import queue
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
@@ -199,6 +200,22 @@ def test_the_adapter_cache_evicts_the_least_recently_used_idle_adapter(base, ada
     assert by_bytes.resident() == [] and all(slot not in lw.weights for lw in lora.layers.values())
 
 
+def test_requests_for_one_cold_adapter_read_it_once_and_leave_no_lock_behind(base, adapters, tmp_path):
+    cache = AdapterCache(MultiLoRA(copy.deepcopy(base)), max_count=4, max_bytes=1 << 30)
+    start = threading.Barrier(4)
+
+    def acquire():
+        start.wait()
+        return cache.acquire(adapters[0])
+
+    with ThreadPoolExecutor(4) as pool:
+        slots = set(pool.map(lambda _: acquire(), range(4)))
+    assert len(slots) == 1 and len(cache.load_seconds) == 1
+    with pytest.raises(Exception):
+        cache.acquire(tmp_path / "no-such-adapter")
+    assert cache._loading == {}  # a lock per adapter ever asked for would grow without end
+
+
 SCHEMA = {"type": "object", "properties": {
     "name": {"type": "string", "maxLength": 12},
     "note": {"type": "string"},  # unbounded: only the closing reserve ends it in time
@@ -236,3 +253,25 @@ def test_logprobs_are_the_models_own(served, base, renderer):
         assert t.logprob == pytest.approx(float(expected[i, ids[i]]), abs=1e-4)
         assert [a for a, _, _ in t.top][0] == t.token and len(t.top) == 2
         assert isinstance(reply, Reply)
+
+
+@pytest.mark.parametrize("text", ["Grüße aus Köln 😀 — naïve 日本語 ok", " leading space, then\nnew lines  and  gaps"])
+def test_an_answer_decoded_a_token_at_a_time_is_the_whole_decoding_and_shows_no_broken_character(renderer, text):
+    tokenizer = renderer.tokenizer
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    answer = Answer(tokenizer, [tokenizer.eos_token_id], Sampling(max_tokens=len(ids) + 1), 0)
+    pieces = [answer.add(token) for token in ids]
+    assert all("\ufffd" not in piece for piece in pieces)
+    assert "".join(pieces) == answer.text == tokenizer.decode(ids, skip_special_tokens=True)
+
+
+def test_an_answer_stops_before_a_stop_string_split_across_tokens(renderer):
+    tokenizer = renderer.tokenizer
+    ids = tokenizer.encode("one two END three", add_special_tokens=False)
+    answer = Answer(tokenizer, [tokenizer.eos_token_id], Sampling(max_tokens=64, stop=("ND t",)), 0)
+    pieces = []
+    for token in ids:
+        pieces.append(answer.add(token))
+        if answer.finish_reason:
+            break
+    assert "".join(pieces) == answer.text == "one two E" and answer.finish_reason == "stop"
