@@ -73,10 +73,13 @@ class Engine:
         pieces, then the ``Reply`` (or an exception), on the scheduler's thread. ``index`` tells the
         answers of one request apart (their seeds differ). Loading an adapter that is not resident and
         compiling a grammar happen here, on the caller's thread."""
+        self._enqueue(model, self._prompt_ids(model, prompt), _param(prompt), sampling, emit, cancel, index)
+
+    def _enqueue(self, model: ResolvedModel, ids: list[int], param: str, sampling: Sampling,
+                 emit: Callable[[str | Reply | Exception], None], cancel: threading.Event | None, index: int) -> None:
         scheduler, slot, release = self._place(model)
         try:
-            ids = self._prompt_ids(model, prompt)
-            sampling = self._fitted([ids], sampling, _param(prompt))
+            sampling = self._fitted(ids, sampling, param)
             grammar = None
             if sampling.response_format is not None:
                 grammar = self.grammars.compile(sampling.response_format[1])
@@ -100,14 +103,15 @@ class Engine:
 
         Setting ``cancel`` (the client went away) ends every answer at the next step and raises ``Cancelled``."""
         sampling = sampling or Sampling()
-        for c in conversations:  # every prompt is checked before any starts
-            self._fitted([self._prompt_ids(model, c)], sampling, _param(c))
+        prompts = [(self._prompt_ids(model, c), _param(c)) for c in conversations]
+        for ids, param in prompts:  # every prompt is checked before any starts
+            self._fitted(ids, sampling, param)
         cancel = cancel or threading.Event()
         results: list[queue.SimpleQueue] = []
         try:
-            for i, c in enumerate(conversations):
+            for i, (ids, param) in enumerate(prompts):
                 results.append(queue.SimpleQueue())
-                self.submit(model, c, sampling, results[-1].put, cancel, index=i)
+                self._enqueue(model, ids, param, sampling, results[-1].put, cancel, i)
             replies = []
             for result in results:
                 while isinstance(item := result.get(), str):
@@ -218,12 +222,12 @@ class Engine:
             return self.tokenizer(conversation[-1]["content"], add_special_tokens=True)["input_ids"]
         return self.renderer.encode_prompt(conversation)
 
-    def _fitted(self, prompts: list[list[int]], sampling: Sampling, param: str) -> Sampling:
-        """``sampling`` with a max_tokens that fits every prompt's context; else ContextLengthExceeded."""
-        longest = max(len(p) for p in prompts)
-        room = self.context - longest
+    def _fitted(self, ids: list[int], sampling: Sampling, param: str) -> Sampling:
+        """``sampling`` with a max_tokens that fits in the context after the prompt ``ids``; else
+        ContextLengthExceeded."""
+        room = self.context - len(ids)
         if room < 1 or (sampling.max_tokens > room and not sampling.fit_to_context):
-            raise ContextLengthExceeded(self.context, longest, sampling.max_tokens, param)
+            raise ContextLengthExceeded(self.context, len(ids), sampling.max_tokens, param)
         return replace(sampling, max_tokens=min(sampling.max_tokens, room))
 
 
