@@ -148,10 +148,15 @@ def cpu_features() -> dict[str, bool]:
     return {name: bool(capabilities.get(name)) for name in ("avx2", "avx512_f", "avx512_bf16", "amx_bf16")}
 
 
+def features_line(features: dict[str, bool]) -> str:
+    return "CPU features: " + ", ".join(f"{name} {'yes' if on else 'no'}" for name, on in features.items())
+
+
 def child(config: str, method: str, train_path: Path, valid_path: Path, trl_default_steps: int) -> Run:
     import torch
 
     from tunesmith.config import enforce_offline, get_settings, quiet_libraries
+    from tunesmith.data.batching import epoch_order
     from tunesmith.data.validate import validate_file
     from tunesmith.models.loading import ensure_cached, load_renderer
     from tunesmith.train import hyper, loop
@@ -168,7 +173,7 @@ def child(config: str, method: str, train_path: Path, valid_path: Path, trl_defa
     hp = hyper.resolve(len(train_set), method, n_epochs=1)
     spec = TrainSpec(train_path, method=method, n_epochs=1, seed=0)
     torch.manual_seed(0)
-    epoch_steps = -(-len(train_set) // hp.batch_size)
+    epoch_steps = len(epoch_order(len(train_set), hp.batch_size, 0, 0))  # as loop.train counts them
     max_steps = min(trl_default_steps, epoch_steps) if config == "trl_default" else epoch_steps
     with tempfile.TemporaryDirectory() as workdir:
         if config == "tunesmith":
@@ -312,7 +317,7 @@ def report(runs: dict[str, Run], peaks: dict[str, float], features: dict[str, bo
                       "–" if run.valid_loss is None else f"{run.valid_loss:.4f}")
     console = Console(width=160)  # the table's ten columns, unwrapped in a log file or a narrow terminal
     console.print(table)
-    console.print("CPU features: " + ", ".join(f"{name} {'yes' if on else 'no'}" for name, on in features.items()))
+    console.print(features_line(features))
     console.print(f"matmul peak: fp32 {peaks['fp32']:.0f} GFLOP/s, bf16 {peaks['bf16']:.0f} GFLOP/s"
                   + (f"; tunesmith MFU {mfu:.1%} of {peak:.0f} GFLOP/s" if ours else ""))
     result = {"method": method, "cpu_features": features, "peak_gflops": peaks, "mfu": mfu,
@@ -356,8 +361,7 @@ def main() -> None:
     enforce_offline()
     quiet_libraries()
     features = cpu_features()
-    print("CPU features: " + ", ".join(f"{name} {'yes' if on else 'no'}" for name, on in features.items()),
-          file=sys.stderr)
+    print(features_line(features), file=sys.stderr)
     renderer = load_renderer(ensure_cached("smollm2-135m-instruct"))
 
     def count_tokens(row: dict) -> int:
