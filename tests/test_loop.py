@@ -70,6 +70,25 @@ def test_same_seed_same_weights(tiny_model_factory, dataset, tmp_path):
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
+def test_neftune_noise_changes_training_only_and_is_removed_after(tiny_model_factory, dataset, tmp_path):
+    ids = torch.tensor([[5, 6, 7, 8]])
+    model = tiny_model_factory()
+    clean = model.get_input_embeddings()(ids)
+    with loop.noisy_embeddings(model, alpha=5.0):
+        model.train()
+        noisy = model.get_input_embeddings()(ids)
+        model.eval()
+        assert torch.equal(model.get_input_embeddings()(ids), clean)  # validation sees clean embeddings
+    bound = 5.0 / (ids.shape[1] * clean.shape[2]) ** 0.5
+    assert 0 < (noisy - clean).abs().max() <= bound
+    model.train()
+    assert torch.equal(model.get_input_embeddings()(ids), clean)  # the hook is gone
+    quiet, noised = lora(tiny_model_factory()), lora(tiny_model_factory())
+    run(quiet, dataset, tmp_path / "a", epochs=1)
+    run(noised, dataset, tmp_path / "b", epochs=1, neftune_alpha=5.0)
+    assert any(not torch.equal(a, b) for a, b in zip(weights(quiet).values(), weights(noised).values(), strict=True))
+
+
 @pytest.mark.parametrize("stop_at", [2, 3])  # mid-epoch, and exactly at an epoch boundary
 def test_stop_then_resume_equals_uninterrupted(tiny_model_factory, dataset, tmp_path, stop_at):
     straight = lora(tiny_model_factory())

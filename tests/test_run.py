@@ -50,8 +50,10 @@ def test_auto_split_needs_100_examples(tmp_path, renderer):
     (TrainSpec("t.jsonl", auto_split=0.7), "at most 0.5"),
     (TrainSpec("t.jsonl", "v.jsonl", auto_split=0.1), "not both"),
     (TrainSpec("t.jsonl", patience=0), "patience"),
+    (TrainSpec("t.jsonl", lora_targets="everything"), "unknown lora_targets 'everything'; expected one of all-linear"),
+    (TrainSpec("t.jsonl", neftune_alpha=-1), "neftune_alpha must be at least 0"),
 ])
-def test_guard_settings_are_checked(spec, message):
+def test_training_settings_are_checked(spec, message):
     with pytest.raises(TunesmithError, match=message):
         check_spec(spec)
 

@@ -23,6 +23,7 @@ import shutil
 import time
 from collections import Counter
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -61,6 +62,7 @@ class LoopConfig:
     # Scores of greedy answers to validation questions (valid_exact_match, …), added to each epoch's
     # validation metrics; None: the validation loss alone judges the epochs.
     answer_scorer: Callable[[torch.nn.Module], dict[str, float]] | None = None
+    neftune_alpha: float = 0.0  # noise on the input embeddings while training (noisy_embeddings); 0: none
 
 
 @dataclass
@@ -109,6 +111,35 @@ class Reporter(Protocol):
 def train(model, train_set: list[Tokenized] | list[Pair], cfg: LoopConfig, checkpoint_dir: Path,
           reporter: Reporter, pad_id: int, valid_set: list[Tokenized] | list[Pair] | None = None,
           resume_from: Path | None = None, stop_requested: Callable[[], bool] = lambda: False) -> LoopResult:
+    with noisy_embeddings(model, cfg.neftune_alpha):
+        return _train(model, train_set, cfg, checkpoint_dir, reporter, pad_id, valid_set, resume_from, stop_requested)
+
+
+@contextmanager
+def noisy_embeddings(model, alpha: float):
+    """NEFTune (Jain et al. 2023; transformers' ``neftune_noise_alpha``): while the model trains, add
+    uniform noise of magnitude alpha / sqrt(length × width) to its input embeddings, so it cannot lean
+    on the exact vectors of the training lines' words. Validation (eval mode) sees clean embeddings.
+    Our rows are packed, so "length" is the packed row's, not one example's, as in transformers."""
+    if not alpha:
+        yield
+        return
+
+    def add_noise(module, inputs, output):
+        if not module.training:
+            return output
+        bound = alpha / math.sqrt(output.size(1) * output.size(2))
+        return output + torch.empty_like(output).uniform_(-bound, bound)
+
+    handle = model.get_input_embeddings().register_forward_hook(add_noise)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def _train(model, train_set, cfg: LoopConfig, checkpoint_dir: Path, reporter: Reporter, pad_id: int,
+           valid_set, resume_from: Path | None, stop_requested: Callable[[], bool]) -> LoopResult:
     objective = cfg.objective
     amp = resolve(cfg.precision, device_of(model))
     # Once per run, not per step: what the data order does not change.
