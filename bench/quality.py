@@ -2,6 +2,7 @@
 
     python bench/quality.py --json bench-quality.json                       # 5 tasks × 3 seeds, hours on CPU
     python bench/quality.py --candidate lr0.4:learning_rate_multiplier=0.4 --candidate e5:n_epochs=5
+    python bench/quality.py --candidates-only --candidate att:lora_targets=attention   # a sweep's next part
     python bench/quality.py --quick                                         # a smoke run: every task tiny
 
 For each task of ``quality_tasks.py`` (generated from ``--data-seed``; train / validation / test splits
@@ -12,12 +13,15 @@ lines, by the task's exact rule, of:
 - ``defaults``: the model tuned by ``run_job`` with every setting at its default, the validation split
   given (so the overfitting guard picks the epoch);
 - each ``--candidate NAME:FIELD=VALUE[,FIELD=VALUE…]`` (fields of ``TrainSpec``: learning_rate_multiplier,
-  n_epochs, batch_size, lora_r, lora_alpha, early_stopping, patience, method, …), tuned likewise,
+  n_epochs, batch_size, lora_r, lora_alpha, lora_dropout, lora_targets, neftune_alpha, early_stopping,
+  patience, method, …), tuned likewise,
 
-each tuned one once per ``--seeds`` seed. It reports per task and setting the held-out score per seed,
-their mean and the training time (the whole job: loading, epochs, validation), then each setting's
-mean over the tasks and its worst task, as a table and, with ``--json``, as JSON (with every run's
-per-epoch validation metrics and its first wrong answers). ``--quick`` makes every split tiny (20
+each tuned one once per ``--seeds`` seed (``--candidates-only``: the candidates alone, for a sweep
+split over runs whose base and default scores an earlier run measured; the seeds make the runs
+comparable). It reports per task and setting the held-out score per seed, their mean and the
+training time (the whole job: loading, epochs, validation), then each setting's mean over the tasks
+and its worst task, as a table and, with ``--json``, as JSON (with every run's per-epoch validation
+metrics and its first wrong answers). ``--quick`` makes every split tiny (20
 training, 8 validation, 8 test lines), trains one epoch in steps of 4 and, unless ``--seeds`` says
 otherwise, one seed.
 
@@ -219,6 +223,8 @@ def main() -> None:
     parser.add_argument("--candidate", type=parse_candidate, action="append", default=[],
                         help="NAME:FIELD=VALUE[,FIELD=VALUE…] settings to compare with the defaults (repeatable)")
     parser.add_argument("--data-seed", type=int, default=0, help="the seed the tasks' lines are generated from")
+    parser.add_argument("--candidates-only", action="store_true",
+                        help="train the candidates alone, not the base model and defaults (a sweep split over runs)")
     parser.add_argument("--quick", action="store_true", help="a smoke run: tiny splits, one epoch, one seed")
     parser.add_argument("--json", type=Path, help="write the results here")
     args = parser.parse_args()
@@ -226,7 +232,9 @@ def main() -> None:
     if unknown := set(tasks) - set(TASKS):
         parser.error(f"unknown tasks: {', '.join(sorted(unknown))}")
     seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
-    settings = {"defaults": {}, **dict(args.candidate)}
+    if args.candidates_only and not args.candidate:
+        parser.error("--candidates-only needs at least one --candidate")
+    settings = {**({} if args.candidates_only else {"defaults": {}}), **dict(args.candidate)}
 
     from tunesmith.config import enforce_offline, quiet_libraries
 
@@ -242,7 +250,7 @@ def main() -> None:
             task_began = time.perf_counter()
             task = make_task(name, args.data_seed, args.quick)
             data = write_splits(task, Path(tmp) / "data" / name)
-            results[name] = {"base": [suite.base(task)]}
+            results[name] = {} if args.candidates_only else {"base": [suite.base(task)]}
             for setting, overrides in settings.items():
                 results[name][setting] = [suite.tuned(task, data, setting, overrides, seed) for seed in seeds]
             report_tasks[name] = {"rule": task.rule, "sizes": {s: len(rows) for s, rows in task.splits.items()}}

@@ -19,6 +19,8 @@ def test_a_candidate_names_settings_of_a_training_job():
     assert parse_candidate("lr0.4:learning_rate_multiplier=0.4") == ("lr0.4", {"learning_rate_multiplier": 0.4})
     assert parse_candidate("e5:n_epochs=5,early_stopping=false,batch_size=auto") == (
         "e5", {"n_epochs": 5, "early_stopping": False, "batch_size": "auto"})
+    assert parse_candidate("att:lora_targets=attention,neftune_alpha=5") == (
+        "att", {"lora_targets": "attention", "neftune_alpha": 5})
     for bad in ("lr", "defaults:n_epochs=2", ":n_epochs=2", "x:seed=3", "x:nonsense=1"):
         with pytest.raises(argparse.ArgumentTypeError):
             parse_candidate(bad)
