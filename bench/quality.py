@@ -190,12 +190,13 @@ def summarise(results: dict[str, dict[str, list[Run]]]) -> dict[str, dict]:
 def show(results: dict[str, dict[str, list[Run]]], summary: dict[str, dict], seeds: list[int], info: dict) -> None:
     from rich.console import Console
     from rich.table import Table
+    from train_throughput import features_line
 
     console = Console(emoji=False)
-    features = ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in info["features"].items())
     rates = ", ".join(f"{k} {v:.1f}" for k, v in info["matmul_gflops"].items())
-    console.print(f"CPU: {info['cpu']}, {info['cores']} cores, {info['threads']} threads used; {features}; "
-                  f"matmul GFLOP/s: {rates}; training precision: {info['precision']}", soft_wrap=True)
+    console.print(f"CPU: {info['cpu']}, {info['cores']} cores, {info['threads']} threads used; "
+                  f"{features_line(info['features'])}; matmul GFLOP/s: {rates}; training precision: {info['precision']}",
+                  soft_wrap=True)
     table = Table(title="Held-out exact score per task and setting")
     for column in ("task", "setting", *(f"seed {s}" for s in seeds), "mean", "train s"):
         table.add_column(column, justify="left" if column in ("task", "setting") else "right")
