@@ -265,13 +265,18 @@ def test_an_answer_decoded_a_token_at_a_time_is_the_whole_decoding_and_shows_no_
     assert "".join(pieces) == answer.text == tokenizer.decode(ids, skip_special_tokens=True)
 
 
-def test_an_answer_stops_before_a_stop_string_split_across_tokens(renderer):
+@pytest.mark.parametrize(("text", "stops", "shown"), [
+    ("one two END three", ("ND t",), "one two E"),
+    ("Grüße aus Köln 😀 — naïve", ("zzz", "😀 —"), "Grüße aus Köln "),  # a stop that begins mid-character
+    (" ".join("abcdefghijklmnop") + " the end", ("he e", "q"), " ".join("abcdefghijklmnop") + " t"),  # late
+])
+def test_an_answer_stops_before_a_stop_string_split_across_tokens(renderer, text, stops, shown):
     tokenizer = renderer.tokenizer
-    ids = tokenizer.encode("one two END three", add_special_tokens=False)
-    answer = Answer(tokenizer, [tokenizer.eos_token_id], Sampling(max_tokens=64, stop=("ND t",)), 0)
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    answer = Answer(tokenizer, [tokenizer.eos_token_id], Sampling(max_tokens=64, stop=stops), 0)
     pieces = []
     for token in ids:
         pieces.append(answer.add(token))
         if answer.finish_reason:
             break
-    assert "".join(pieces) == answer.text == "one two E" and answer.finish_reason == "stop"
+    assert "".join(pieces) == answer.text == shown and answer.finish_reason == "stop"

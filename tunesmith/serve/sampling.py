@@ -103,8 +103,11 @@ class Answer:
         if token in self.stop_ids:
             self.finish_reason = "stop"
         else:
+            # The settled text was searched at earlier tokens: a stop string not found there begins
+            # at most (longest stop - 1) characters before its end, so a long answer is not rescanned.
+            start = max(0, len(self._settled) - max(map(len, stops), default=0) + 1)
             self.text = self._grow()
-            cut = _first_stop(self.text, stops)
+            cut = _first_stop(self.text, stops, start)
             if cut is not None:
                 self.text, self.finish_reason = self.text[:cut], "stop"
             elif len(self.ids) >= self.sampling.max_tokens:
@@ -144,9 +147,9 @@ def logprobs_of(tokenizer, logprobs: torch.Tensor, token: int, top: int) -> Toke
     return TokenLogprob(text, value, raw, [entry(t) for t in best])
 
 
-def _first_stop(text: str, stops: tuple[str, ...]) -> int | None:
-    """Where the earliest stop string starts in ``text``, if any does."""
-    found = [i for i in (text.find(s) for s in stops if s) if i >= 0]
+def _first_stop(text: str, stops: tuple[str, ...], start: int) -> int | None:
+    """Where the earliest stop string starts in ``text[start:]``, if any does."""
+    found = [i for i in (text.find(s, start) for s in stops if s) if i >= 0]
     return min(found) if found else None
 
 
