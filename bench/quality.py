@@ -3,6 +3,7 @@
     python bench/quality.py --json bench-quality.json                       # 5 tasks × 3 seeds, hours on CPU
     python bench/quality.py --candidate lr0.4:learning_rate_multiplier=0.4 --candidate e5:n_epochs=5
     python bench/quality.py --candidates-only --candidate att:lora_targets=attention   # a sweep's next part
+    python bench/quality.py --tasks extraction --few-shot 3                 # and the base model prompted with 3 lines
     python bench/quality.py --quick                                         # a smoke run: every task tiny
 
 For each task of ``quality_tasks.py`` (generated from ``--data-seed``; train / validation / test splits
@@ -10,18 +11,20 @@ whose test values and sentence templates never occur in training) it scores gree
 lines, by the task's exact rule, of:
 
 - ``base``: the untuned model (once: greedy answers do not depend on a seed);
+- ``base K-shot`` with ``--few-shot K``: the untuned model shown the first K training lines (questions
+  and answers, after the system message) before each test question: what prompting alone reaches;
 - ``defaults``: the model tuned by ``run_job`` with every setting at its default, the validation split
   given (so the overfitting guard picks the epoch);
 - each ``--candidate NAME:FIELD=VALUE[,FIELD=VALUE…]`` (fields of ``TrainSpec``: learning_rate_multiplier,
   n_epochs, batch_size, lora_r, lora_alpha, lora_dropout, lora_targets, neftune_alpha, early_stopping,
   patience, method, …), tuned likewise,
 
-each tuned one once per ``--seeds`` seed (``--candidates-only``: the candidates alone, for a sweep
-split over runs whose base and default scores an earlier run measured; the seeds make the runs
-comparable). It reports per task and setting the held-out score per seed, their mean and the
+each tuned one once per ``--seeds`` seed (``--candidates-only``: the candidates, and the ``--few-shot`` base, alone,
+for a sweep split over runs whose base and default scores an earlier run measured; the seeds make the
+runs comparable). It reports per task and setting the held-out score per seed, their mean and the
 training time (the whole job: loading, epochs, validation), then each setting's mean over the tasks
 and its worst task, as a table and, with ``--json``, as JSON (with every run's per-epoch validation
-metrics and its first wrong answers). ``--quick`` makes every split tiny (20
+metrics and its wrong answers). ``--quick`` makes every split tiny (20
 training, 8 validation, 8 test lines), trains one epoch in steps of 4 and, unless ``--seeds`` says
 otherwise, one seed.
 
@@ -43,7 +46,7 @@ from pathlib import Path
 
 from quality_tasks import TASKS, Task, make_task, prompt_of
 
-MISSES_KEPT = 3  # wrong answers kept per run in the JSON report: enough to see what goes wrong
+MISSES_KEPT = 100  # wrong answers kept per run in the JSON report: all of a test split, to count what goes wrong
 
 
 @dataclass
@@ -110,30 +113,40 @@ class Suite:
         self.engine = Engine(self.settings.default_model, self.settings, status=lambda m: print(m, file=sys.stderr))
         self.quick = quick
 
-    def prompts(self, task: Task) -> list:
-        """What the engine is asked: the conversation, or for lines with tools the prompt as the template
-        renders it with them (the engine's conversations carry no tools; SmolLM2's tokenizer adds no BOS to
-        a raw prompt, so the tokens are the same)."""
+    def prompts(self, task: Task, shots: list[dict]) -> list:
+        """What the engine is asked: the conversation (after the system message, each shot's question and
+        answer first), or for lines with tools the prompt as the template renders it with them (the
+        engine's conversations carry no tools; SmolLM2's tokenizer adds no BOS to a raw prompt, so the
+        tokens are the same)."""
         render = self.engine.renderer.render
-        return [render(prompt_of(row), row["tools"], generation_prompt=True) if row.get("tools") else prompt_of(row)
+        examples = [m for shot in shots for m in shot["messages"] if m["role"] != "system"]
+
+        def asked(row: dict) -> list[dict]:
+            conversation = prompt_of(row)
+            system = [m for m in conversation if m["role"] == "system"]
+            return system + examples + conversation[len(system):]
+
+        return [render(asked(row), row["tools"], generation_prompt=True) if row.get("tools") else asked(row)
                 for row in task.splits["test"]]
 
-    def score(self, task: Task, model) -> tuple[float, list[dict]]:
+    def score(self, task: Task, model, shots: list[dict] = ()) -> tuple[float, list[dict]]:
         from tunesmith.serve.engine import Sampling
 
         rows = task.splits["test"]
         # every test question at once: the scheduler batches them (up to TUNESMITH_MAX_BATCH_SIZE)
-        replies = self.engine.generate(model, self.prompts(task), Sampling(max_tokens=task.max_tokens))
+        replies = self.engine.generate(model, self.prompts(task, list(shots)), Sampling(max_tokens=task.max_tokens))
         right = [task.score(r.text, row) for r, row in zip(replies, rows)]
         misses = [{"prompt": row["messages"][-2]["content"], "expected": task.reference(row), "answer": r.text}
                   for r, row, ok in zip(replies, rows, right) if not ok]
         return sum(right) / len(rows), misses[:MISSES_KEPT]
 
-    def base(self, task: Task) -> Run:
+    def base(self, task: Task, shots: int = 0) -> Run:
+        """The untuned model; with ``shots``, shown the first that many training lines in its prompt
+        (what prompting alone reaches, the bar a fine-tune should clear)."""
         from tunesmith.models.finetuned import ResolvedModel
 
         name = self.settings.default_model
-        score, misses = self.score(task, ResolvedModel.of_base(name))
+        score, misses = self.score(task, ResolvedModel.of_base(name), task.splits["train"][:shots])
         return Run(None, score, misses=misses)
 
     def tuned(self, task: Task, data: dict[str, Path], setting: str, overrides: dict, seed: int) -> Run:
@@ -225,7 +238,9 @@ def main() -> None:
                         help="NAME:FIELD=VALUE[,FIELD=VALUE…] settings to compare with the defaults (repeatable)")
     parser.add_argument("--data-seed", type=int, default=0, help="the seed the tasks' lines are generated from")
     parser.add_argument("--candidates-only", action="store_true",
-                        help="train the candidates alone, not the base model and defaults (a sweep split over runs)")
+                        help="only the candidates (and --few-shot), not the base model and defaults (a sweep split over runs)")
+    parser.add_argument("--few-shot", type=int, default=0, metavar="K",
+                        help="also score the base model shown K training lines in its prompt ('base K-shot')")
     parser.add_argument("--quick", action="store_true", help="a smoke run: tiny splits, one epoch, one seed")
     parser.add_argument("--json", type=Path, help="write the results here")
     args = parser.parse_args()
@@ -233,8 +248,10 @@ def main() -> None:
     if unknown := set(tasks) - set(TASKS):
         parser.error(f"unknown tasks: {', '.join(sorted(unknown))}")
     seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
-    if args.candidates_only and not args.candidate:
-        parser.error("--candidates-only needs at least one --candidate")
+    if args.few_shot < 0:
+        parser.error("--few-shot must be 0 or more")
+    if args.candidates_only and not (args.candidate or args.few_shot):
+        parser.error("--candidates-only needs a --candidate or --few-shot")
     settings = {**({} if args.candidates_only else {"defaults": {}}), **dict(args.candidate)}
 
     from tunesmith.config import enforce_offline, quiet_libraries
@@ -252,6 +269,8 @@ def main() -> None:
             task = make_task(name, args.data_seed, args.quick)
             data = write_splits(task, Path(tmp) / "data" / name)
             results[name] = {} if args.candidates_only else {"base": [suite.base(task)]}
+            if args.few_shot:
+                results[name][f"base {args.few_shot}-shot"] = [suite.base(task, args.few_shot)]
             for setting, overrides in settings.items():
                 results[name][setting] = [suite.tuned(task, data, setting, overrides, seed) for seed in seeds]
             report_tasks[name] = {"rule": task.rule, "sizes": {s: len(rows) for s, rows in task.splits.items()}}

@@ -48,18 +48,18 @@ PROMPTS = ["Write a long story about a lighthouse keeper.", "Explain in detail h
 LIMITS = {"TUNESMITH_MAX_QUEUED_REQUESTS": "4096"}  # measure speed, not the queue limit (429)
 
 
-def make_adapters(home: Path, count: int, project: str) -> list[str]:
-    """``count`` LoRA adapters over the real base model, registered in ``project``; their model names."""
+def make_adapters(settings, count: int, project: str, spread: float = 0.02) -> list[str]:
+    """``count`` LoRA adapters over the real base model (``lora_B`` drawn from N(0, spread), seeded by
+    their index), saved under ``settings``' jobs as ``ftjob-benchNN/model`` and registered in
+    ``project``; their model names. The serving tests build their adapters with it too."""
     import torch
     from peft import LoraConfig, get_peft_model
 
-    from tunesmith.config import Settings
     from tunesmith.jobs import registry
     from tunesmith.jobs.store import Store
     from tunesmith.models.finetuned import FineTunedModel
     from tunesmith.models.loading import ensure_cached, load_model
 
-    settings = Settings(home=home)
     peft = get_peft_model(load_model(ensure_cached(MODEL, settings)),
                           LoraConfig(r=16, lora_alpha=32, target_modules="all-linear"))
     store = Store(settings)
@@ -69,7 +69,7 @@ def make_adapters(home: Path, count: int, project: str) -> list[str]:
         with torch.no_grad():
             for name, p in peft.named_parameters():
                 if "lora_B" in name:
-                    p.normal_(0, 0.02)
+                    p.normal_(0, spread)
         path = settings.jobs_dir / f"ftjob-bench{i:02d}" / "model"
         peft.save_pretrained(path)
         names.append(f"ft:{MODEL}:{project}:b{i}:Bench{i:03d}")
@@ -140,9 +140,11 @@ def peak_rss_mb(pid: int) -> float:
 def serve_and_measure(source: Path, workdir: Path, adapters: int, plan: list[tuple[str, str, list[int]]],
                       args) -> tuple[list[dict], float]:
     """Start a server from ``source``, run every (scenario, model set, client counts) of ``plan``."""
+    from tunesmith.config import Settings
+
     server = Server(new_home(workdir), source=source, env=LIMITS)
     key = server.cli("keys", "create", "--project", "bench")
-    names = make_adapters(server.home, adapters, "bench")
+    names = make_adapters(Settings(home=server.home), adapters, "bench")
     models = {"a": names[:1], "b": [MODEL] + names[:8], "c": names[:64]}
     server.start()
     rows = []
@@ -160,14 +162,14 @@ def serve_and_measure(source: Path, workdir: Path, adapters: int, plan: list[tup
 
 def adapter_load_times(count: int) -> dict:
     """Cold (read and install) and resident lookups of SmolLM2 r=16 adapters, in this process."""
-    from tunesmith.config import get_settings
+    from tunesmith.config import Settings, get_settings
     from tunesmith.models.loading import ensure_cached, load_model
     from tunesmith.serve.adapters import AdapterCache
     from tunesmith.serve.lora import MultiLoRA
 
     with tempfile.TemporaryDirectory(prefix="tunesmith-bench-adapters-") as tmp:
         home = new_home(Path(tmp))
-        make_adapters(home, count, "bench")
+        make_adapters(Settings(home=home), count, "bench")
         paths = sorted((home / "jobs").glob("ftjob-bench*/model"))
         lora = MultiLoRA(load_model(ensure_cached(MODEL, get_settings())))
         cache = AdapterCache(lora, max_count=count, max_bytes=1 << 40)

@@ -31,7 +31,8 @@ def test_quick_run_reports_each_setting_per_task_and_the_suite(tmp_path, smol_in
     out = tmp_path / "quality.json"
     # This checkout's tunesmith, whatever the venv's editable install points at.
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    done = subprocess.run([sys.executable, "bench/quality.py", "--quick", "--tasks", "extraction", "--json", str(out)],
+    done = subprocess.run([sys.executable, "bench/quality.py", "--quick", "--tasks", "extraction", "--few-shot", "2",
+                           "--json", str(out)],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "Held-out exact score per task and setting" in done.stdout and "training precision" in done.stdout
@@ -42,13 +43,15 @@ def test_quick_run_reports_each_setting_per_task_and_the_suite(tmp_path, smol_in
     assert report["settings"] == {"defaults": {}}
     task = report["tasks"]["extraction"]
     assert task["sizes"] == {"train": 20, "validation": 8, "test": 8}
-    assert set(task["settings"]) == {"base", "defaults"}
+    assert set(task["settings"]) == {"base", "base 2-shot", "defaults"}
+    assert task["settings"]["base 2-shot"]["train_seconds"] == []
     assert task["settings"]["base"]["train_seconds"] == [] and len(task["settings"]["base"]["scores"]) == 1
     tuned = task["settings"]["defaults"]
     assert len(tuned["scores"]) == 1 and 0 <= tuned["mean"] <= 1 and tuned["train_seconds"][0] > 0
     (run,) = tuned["runs"]
     (epoch,) = run["epochs"]  # one epoch in quick mode, with the guard's metrics on the validation split
     assert {"valid_loss", "valid_exact_match", "valid_field_match"} <= set(epoch)
-    assert len(run["misses"]) <= 3 and all({"prompt", "expected", "answer"} == set(m) for m in run["misses"])
-    assert set(report["summary"]) == {"base", "defaults"}
+    assert len(run["misses"]) == round((1 - run["score"]) * task["sizes"]["test"])  # every wrong answer
+    assert all({"prompt", "expected", "answer"} == set(m) for m in run["misses"])
+    assert set(report["summary"]) == {"base", "base 2-shot", "defaults"}
     assert all(s["worst_task"] == "extraction" and s["worst"] == s["mean"] for s in report["summary"].values())

@@ -4,18 +4,19 @@ adapters in one batch answer exactly as alone; response_format; logprobs; deleti
 from __future__ import annotations
 
 import json
+import sys
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import openai
 import pytest
-import torch
 
 from live_server import new_home, serving
 from tunesmith.api.app import create_app
 from tunesmith.config import Settings
-from tunesmith.jobs import registry
-from tunesmith.jobs.store import Store
-from tunesmith.models.finetuned import FineTunedModel
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+from serve import make_adapters  # noqa: E402  (bench/serve.py: the serving bench's adapters)
 
 pytestmark = pytest.mark.slow
 SMOL = "smollm2-135m-instruct"
@@ -27,32 +28,12 @@ QUESTIONS = ["What is the capital of France?", "Name three fruits.", "Write a ha
 @pytest.fixture(scope="module")
 def served(tmp_path_factory, smol_info):
     """A keyless server whose project owns four LoRA adapters (random, small weights) over the real model."""
-    from peft import LoraConfig, get_peft_model
-
-    from tunesmith.models.loading import load_model
-
     settings = Settings(home=new_home(tmp_path_factory.mktemp("serving")), keyless=True)
-    peft = get_peft_model(load_model(smol_info), LoraConfig(r=16, lora_alpha=32, target_modules="all-linear"))
-    store = Store(settings)
-    names = []
-    for i in range(4):
-        torch.manual_seed(i)
-        with torch.no_grad():
-            for name, p in peft.named_parameters():
-                if "lora_B" in name:
-                    p.normal_(0, 0.04)
-        path = settings.jobs_dir / f"ftjob-serve{i}" / "model"
-        peft.save_pretrained(path)
-        names.append(f"ft:{SMOL}:local:s{i}:Serve00{i}")
-        with store.session() as s:
-            record = FineTunedModel(id=f"Serve00{i}", name=names[-1], base=SMOL, job_id=f"ftjob-serve{i}",
-                                    method="lora", format="chat", path=str(path), created_at=1, trained_tokens=1)
-            registry.register(s, record, store.project(s, settings.org).id, job_id=None)
+    names = make_adapters(settings, 4, settings.org, spread=0.04)
     app = create_app(settings, run_worker=False)
     with serving(app) as (host, port):
         yield app, openai.OpenAI(base_url=f"http://{host}:{port}/v1", api_key="x", max_retries=0), names
     app.state.engines.close()
-    store.engine.dispose()
 
 
 def ask(client, model: str, question: str, **extra) -> str:
@@ -125,7 +106,7 @@ def test_deleting_a_model_unloads_its_adapter(served):
     app, client, names = served
     ask(client, names[3], QUESTIONS[1], temperature=0)
     adapters = app.state.engines.engine(SMOL).adapters
-    path = str(app.state.engines.settings.jobs_dir / "ftjob-serve3" / "model")
+    path = str(app.state.engines.settings.jobs_dir / "ftjob-bench03" / "model")
     assert path in adapters.resident()
     client.models.delete(names[3])
     assert path not in adapters.resident()
