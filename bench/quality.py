@@ -41,6 +41,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -113,7 +114,7 @@ class Suite:
         self.engine = Engine(self.settings.default_model, self.settings, status=lambda m: print(m, file=sys.stderr))
         self.quick = quick
 
-    def prompts(self, task: Task, shots: list[dict]) -> list:
+    def prompts(self, task: Task, shots: Sequence[dict]) -> list:
         """What the engine is asked: the conversation (after the system message, each shot's question and
         answer first), or for lines with tools the prompt as the template renders it with them (the
         engine's conversations carry no tools; SmolLM2's tokenizer adds no BOS to a raw prompt, so the
@@ -129,12 +130,12 @@ class Suite:
         return [render(asked(row), row["tools"], generation_prompt=True) if row.get("tools") else asked(row)
                 for row in task.splits["test"]]
 
-    def score(self, task: Task, model, shots: list[dict] = ()) -> tuple[float, list[dict]]:
+    def score(self, task: Task, model, shots: Sequence[dict] = ()) -> tuple[float, list[dict]]:
         from tunesmith.serve.engine import Sampling
 
         rows = task.splits["test"]
         # every test question at once: the scheduler batches them (up to TUNESMITH_MAX_BATCH_SIZE)
-        replies = self.engine.generate(model, self.prompts(task, list(shots)), Sampling(max_tokens=task.max_tokens))
+        replies = self.engine.generate(model, self.prompts(task, shots), Sampling(max_tokens=task.max_tokens))
         right = [task.score(r.text, row) for r, row in zip(replies, rows)]
         misses = [{"prompt": row["messages"][-2]["content"], "expected": task.reference(row), "answer": r.text}
                   for r, row, ok in zip(replies, rows, right) if not ok]

@@ -26,7 +26,7 @@ QUESTIONS = ["What is the capital of France?", "Name three fruits.", "Write a ha
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory, smol_info):
+def served(tmp_path_factory):
     """A keyless server whose project owns four LoRA adapters (random, small weights) over the real model."""
     settings = Settings(home=new_home(tmp_path_factory.mktemp("serving")), keyless=True)
     names = make_adapters(settings, 4, settings.org, spread=0.04)
