@@ -16,7 +16,7 @@ lines, by the task's exact rule, of:
 - ``defaults``: the model tuned by ``run_job`` with every setting at its default, the validation split
   given (so the overfitting guard picks the epoch);
 - each ``--candidate NAME:FIELD=VALUE[,FIELD=VALUE…]`` (fields of ``TrainSpec``: learning_rate_multiplier,
-  n_epochs, batch_size, lora_r, lora_alpha, lora_dropout, lora_targets, neftune_alpha, early_stopping,
+  n_epochs, batch_size, lora_r, lora_alpha, lora_dropout, lora_targets, neftune_alpha, weight_decay, early_stopping,
   patience, method, …), tuned likewise,
 
 each tuned one once per ``--seeds`` seed (``--candidates-only``: the candidates, and the ``--few-shot`` base, alone,

@@ -52,6 +52,7 @@ def test_auto_split_needs_100_examples(tmp_path, renderer):
     (TrainSpec("t.jsonl", patience=0), "patience"),
     (TrainSpec("t.jsonl", lora_targets="everything"), "unknown lora_targets 'everything'; expected one of all-linear"),
     (TrainSpec("t.jsonl", neftune_alpha=-1), "neftune_alpha must be at least 0"),
+    (TrainSpec("t.jsonl", weight_decay=-0.1), "weight_decay must be at least 0"),
 ])
 def test_training_settings_are_checked(spec, message):
     with pytest.raises(TunesmithError, match=message):

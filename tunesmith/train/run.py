@@ -62,6 +62,7 @@ class TrainSpec:
     lora_targets: str = "all-linear"  # which linear layers get an adapter: a key of LORA_TARGETS
     # NEFTune: uniform noise on the input embeddings while training (the paper's alpha; 0: off)
     neftune_alpha: float = 0.0
+    weight_decay: float = 0.0  # AdamW's decoupled weight decay on the trained weights
     org: str | None = None  # the org part of the ft: name; the settings' org when not given
     # The overfitting guard, active when there is validation data (see loop.py).
     early_stopping: bool = True
@@ -110,8 +111,9 @@ def check_spec(spec: TrainSpec) -> None:
         raise TunesmithError("patience and eval_steps must be at least 1")
     if spec.lora_targets not in LORA_TARGETS:
         raise TunesmithError(f"unknown lora_targets {spec.lora_targets!r}; expected one of {', '.join(LORA_TARGETS)}")
-    if spec.neftune_alpha < 0:
-        raise TunesmithError(f"neftune_alpha must be at least 0, got {spec.neftune_alpha}")
+    for name in ("neftune_alpha", "weight_decay"):
+        if getattr(spec, name) < 0:
+            raise TunesmithError(f"{name} must be at least 0, got {getattr(spec, name)}")
     if not 0 <= spec.prompt_loss_weight <= 1:
         raise TunesmithError(f"prompt_loss_weight must be between 0 and 1, got {spec.prompt_loss_weight}")
     if spec.prompt_loss_weight and spec.method == "dpo":
@@ -228,7 +230,7 @@ def run_job(spec: TrainSpec, reporter: JobReporter, settings: Settings | None = 
     cfg = loop.LoopConfig(hp.n_epochs, hp.batch_size, hp.learning_rate, seed, objective=objective,
                           eval_steps=spec.eval_steps, patience=spec.patience if spec.early_stopping else None,
                           precision=settings.precision, answer_scorer=scorer, shard_layers=spec.method == "full",
-                          neftune_alpha=spec.neftune_alpha)
+                          neftune_alpha=spec.neftune_alpha, weight_decay=spec.weight_decay)
     result = loop.train(model, train_set, cfg, job_dir / "checkpoints", reporter,
                         pad_id=pad_id, valid_set=valid_set, resume_from=resume_from,
                         stop_requested=stop_requested)
@@ -300,7 +302,8 @@ def _run_settings(spec: TrainSpec, hp: hyper.Hyperparameters, seed: int) -> dict
             # only when not the default: a run from before these options resumes as the same run
             **{name: value for name, value, default in (
                 ("prompt_loss_weight", spec.prompt_loss_weight, 0.0), ("lora_targets", spec.lora_targets, "all-linear"),
-                ("neftune_alpha", spec.neftune_alpha, 0.0)) if value != default}}
+                ("neftune_alpha", spec.neftune_alpha, 0.0), ("weight_decay", spec.weight_decay, 0.0))
+            if value != default}}
 
 
 def _read_run(job_dir: Path) -> dict | None:
