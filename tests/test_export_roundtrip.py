@@ -165,12 +165,36 @@ def gguf_model(done):
     return AutoModelForCausalLM.from_pretrained(done.path, gguf_file=str(name), dtype=torch.float32).eval()
 
 
-def test_gguf_f16_export_through_transformers_gguf_loader_answers_as_tunesmith(exported, reference, engine):
+def reference_logprobs(model, renderer, reference: list[list[int]]) -> torch.Tensor:
+    """log p(reference token) at each position of the reference answers, fed the reference so far."""
+    out = []
+    for prompt, answer in zip(PROMPTS, reference):
+        ids = renderer.encode_prompt(prompt)
+        with torch.inference_mode():
+            logits = model(input_ids=torch.tensor([ids + answer])).logits[0].float()
+        steps = logits[len(ids) - 1: len(ids) - 1 + len(answer)].log_softmax(-1)
+        out.append(steps[torch.arange(len(answer)), torch.tensor(answer)])
+    return torch.cat(out)
+
+
+def test_gguf_f16_export_through_transformers_gguf_loader_answers_as_tunesmith(exported, reference, tuned, engine):
+    """f16 rounds every weight to 11 significant bits, so where the tuned model is torn between two tokens
+    its greedy answer may flip (seen once: number 23, never trained, guessed " ochre" by the model and
+    " slate" by its f16 export). What must hold: the export's probabilities are the model's, to within
+    f16's rounding."""
+    from tunesmith.jobs import registry
+    from tunesmith.jobs.store import Store
+
     model = gguf_model(exported("gguf", quant="f16"))
     answers = [greedy(model, engine.renderer, p) for p in PROMPTS]
-    report("gguf f16 (transformers' GGUF loader)", answers, reference,
-           teacher_forced(hf_top1(model), engine.renderer, reference))
-    assert answers == reference
+    agreement = teacher_forced(hf_top1(model), engine.renderer, reference)
+    report("gguf f16 (transformers' GGUF loader)", answers, reference, agreement)
+    ours = engine.exclusive(registry.resolve(tuned, Store()),
+                            lambda m: reference_logprobs(m, engine.renderer, reference))
+    gap = (reference_logprobs(model, engine.renderer, reference) - ours).abs().max().item()
+    print(f"gguf f16: largest log-probability gap on the reference answers {gap:.4f}")
+    assert gap < 0.05
+    assert agreement >= 0.9
 
 
 def test_gguf_q8_0_export_token_agreement(exported, reference, engine):
