@@ -4,6 +4,7 @@
     python bench/quality.py --candidate lr0.4:learning_rate_multiplier=0.4 --candidate e5:n_epochs=5
     python bench/quality.py --candidates-only --candidate att:lora_targets=attention   # a sweep's next part
     python bench/quality.py --tasks extraction --few-shot 3                 # and the base model prompted with 3 lines
+    python bench/quality.py --tasks extraction --train-lines 100            # half the training lines, same test
     python bench/quality.py --quick                                         # a smoke run: every task tiny
 
 For each task of ``quality_tasks.py`` (generated from ``--data-seed``; train / validation / test splits
@@ -239,6 +240,9 @@ def main() -> None:
                         help="only the candidates (and --few-shot), not the base model and defaults (a sweep split over runs)")
     parser.add_argument("--few-shot", type=int, default=0, metavar="K",
                         help="also score the base model shown K training lines in its prompt ('base K-shot')")
+    parser.add_argument("--train-lines", type=int, metavar="N",
+                        help="train on N generated lines instead of each task's usual 200 (json_extraction: 300); "
+                             "validation and test lines stay the same")
     parser.add_argument("--quick", action="store_true", help="a smoke run: tiny splits, one epoch, one seed")
     parser.add_argument("--json", type=Path, help="write the results here")
     args = parser.parse_args()
@@ -248,6 +252,8 @@ def main() -> None:
     seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
     if args.few_shot < 0:
         parser.error("--few-shot must be 0 or more")
+    if args.train_lines is not None and not 10 <= args.train_lines <= 10_000:
+        parser.error("--train-lines must be between 10 and 10000")
     if args.candidates_only and not (args.candidate or args.few_shot):
         parser.error("--candidates-only needs a --candidate or --few-shot")
     settings = {**({} if args.candidates_only else {"defaults": {}}), **dict(args.candidate)}
@@ -264,7 +270,7 @@ def main() -> None:
         suite = Suite(Path(tmp) / "home", args.quick)
         for name in tasks:
             task_began = time.perf_counter()
-            task = make_task(name, args.data_seed, args.quick)
+            task = make_task(name, args.data_seed, args.quick, args.train_lines)
             data = write_splits(task, Path(tmp) / "data" / name)
             results[name] = {} if args.candidates_only else {"base": [suite.base(task)]}
             if args.few_shot:
@@ -280,6 +286,7 @@ def main() -> None:
     print(f"{seconds:.0f} s in all", file=sys.stderr)
     if args.json:
         report = {"machine": info, "quick": args.quick, "seeds": seeds, "data_seed": args.data_seed,
+                  "train_lines": args.train_lines,
                   "settings": settings, "seconds": seconds,
                   "tasks": {name: {**report_tasks[name], "settings": {
                       setting: {"scores": [r.score for r in runs], "mean": statistics.mean(r.score for r in runs),

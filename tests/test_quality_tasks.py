@@ -42,6 +42,13 @@ def test_split_sizes(task):
     assert {split: len(rows) for split, rows in quick.splits.items()} == qt.QUICK_SIZES
 
 
+def test_a_larger_training_split_extends_the_smaller_and_leaves_the_others(task):
+    larger = qt.make_task(task.name, seed=0, train_lines=len(task.splits["train"]) + 50)
+    assert larger.splits["train"][: len(task.splits["train"])] == task.splits["train"]
+    assert len(larger.splits["train"]) == len(task.splits["train"]) + 50
+    assert {s: larger.splits[s] for s in ("validation", "test")} == {s: task.splits[s] for s in ("validation", "test")}
+
+
 def test_the_same_seed_gives_the_same_lines(task):
     assert qt.make_task(task.name, seed=0).splits == task.splits
     assert qt.make_task(task.name, seed=1).splits["train"] != task.splits["train"]
