@@ -5,8 +5,8 @@
 A tuned model answers in JSON, where a copied value follows a quote (``"occupation": "blacksmith"``),
 but it read the value after a space ("works as a blacksmith"). A BPE tokenizer such as SmolLM2's spells
 a word differently in the two places (" blacksmith" is one token, "blacksmith" after a quote is
-bl|acks|mith), so copying an unseen word into JSON can mean re-spelling it. For every run in the
-reports and every test line (each task's test split generated again from the report's data seed), this
+bl|acks|mith), so copying an unseen word into JSON can mean re-spelling it. For every tuned run in
+the reports and every test line (each task's test split generated again from the report's data seed), this
 counts each string field of the reference answer right or wrong, split by whether the value's first word
 has the same pieces after a quote as after a space, and lists the values most often wrong.
 """
@@ -72,6 +72,8 @@ def tally(report: dict, task_name: str, tokenizer, out: FieldMisses) -> int:
     runs = 0
     for setting in report["tasks"][task_name]["settings"].values():
         for run in setting["runs"]:
+            if run.get("seed") is None:  # the untuned base model: it answers no JSON to look at
+                continue
             missed = {(m["prompt"], m["expected"]): parsed(m["answer"].strip()) for m in run["misses"]}
             runs += 1
             for key in rows:

@@ -24,7 +24,9 @@ def test_every_string_field_of_every_test_line_is_counted_and_a_miss_only_where_
     misses = [{"prompt": first["messages"][-2]["content"], "expected": task.reference(first),
                "answer": json.dumps(wrong_job)},
               {"prompt": second["messages"][-2]["content"], "expected": task.reference(second), "answer": "not JSON"}]
-    report = {"data_seed": 0, "quick": True, "tasks": {"extraction": {"settings": {"x": {"runs": [{"misses": misses}]}}}}}
+    settings = {"base": {"runs": [{"seed": None, "misses": []}]},  # untuned: left out
+                "x": {"runs": [{"seed": 0, "misses": misses}]}}
+    report = {"data_seed": 0, "quick": True, "tasks": {"extraction": {"settings": settings}}}
     out = FieldMisses()
     assert tally(report, "extraction", renderer.tokenizer, out) == 1
     lines = len(task.splits["test"])
