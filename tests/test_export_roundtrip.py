@@ -117,12 +117,18 @@ def cut(ids: list[int], stops: list[int]) -> list[int]:
     return ids[:end]
 
 
+def forced(renderer, reference: list[list[int]]):
+    """(prompt + reference answer ids, the answer, the positions whose outputs predict the answer) per prompt."""
+    for prompt, answer in zip(PROMPTS, reference):
+        ids = renderer.encode_prompt(prompt)
+        yield ids + answer, answer, slice(len(ids) - 1, len(ids) - 1 + len(answer))
+
+
 def teacher_forced(predict, renderer, reference: list[list[int]]) -> float:
     """Share of reference answer tokens that ``predict(ids) → top-1 ids per position`` gets right."""
     right = total = 0
-    for prompt, answer in zip(PROMPTS, reference):
-        ids = renderer.encode_prompt(prompt)
-        top = predict(ids + answer)[len(ids) - 1: len(ids) - 1 + len(answer)]
+    for ids, answer, at in forced(renderer, reference):
+        top = predict(ids)[at]
         right += sum(int(a == b) for a, b in zip(top, answer))
         total += len(answer)
     return right / total
@@ -168,11 +174,9 @@ def gguf_model(done):
 def reference_logprobs(model, renderer, reference: list[list[int]]) -> torch.Tensor:
     """log p(reference token) at each position of the reference answers, fed the reference so far."""
     out = []
-    for prompt, answer in zip(PROMPTS, reference):
-        ids = renderer.encode_prompt(prompt)
+    for ids, answer, at in forced(renderer, reference):
         with torch.inference_mode():
-            logits = model(input_ids=torch.tensor([ids + answer])).logits[0].float()
-        steps = logits[len(ids) - 1: len(ids) - 1 + len(answer)].log_softmax(-1)
+            steps = model(input_ids=torch.tensor([ids])).logits[0, at].float().log_softmax(-1)
         out.append(steps[torch.arange(len(answer)), torch.tensor(answer)])
     return torch.cat(out)
 
