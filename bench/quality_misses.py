@@ -37,10 +37,11 @@ class Tally:
 
 @dataclass
 class FieldMisses:
-    """Per field: (field, re-spelled) → Tally, and (field, value) → Tally."""
+    """Per field: (field, re-spelled) → Tally, and (field, value) → Tally; each value's spellings."""
 
     by_spelling: dict[tuple[str, bool], Tally] = field(default_factory=lambda: defaultdict(Tally))
     by_value: dict[tuple[str, str], Tally] = field(default_factory=lambda: defaultdict(Tally))
+    spelt: dict[str, tuple[list[str], list[str]]] = field(default_factory=dict)  # value → spellings()
 
 
 def pieces(tokenizer, text: str) -> list[str]:
@@ -68,7 +69,6 @@ def tally(report: dict, task_name: str, tokenizer, out: FieldMisses) -> int:
     """Add every run of ``task_name`` in ``report`` to ``out``; the number of runs added."""
     task = make_task(task_name, report.get("data_seed", 0), report.get("quick", False))
     rows = [(row["messages"][-2]["content"], task.reference(row)) for row in task.splits["test"]]
-    spelt: dict[str, bool] = {}
     runs = 0
     for setting in report["tasks"][task_name]["settings"].values():
         for run in setting["runs"]:
@@ -84,16 +84,16 @@ def tally(report: dict, task_name: str, tokenizer, out: FieldMisses) -> int:
                 for name, value in reference.items():
                     if not isinstance(value, str):
                         continue
-                    if value not in spelt:
-                        spaced, quoted = spellings(tokenizer, value)
-                        spelt[value] = spaced != quoted
+                    if value not in out.spelt:
+                        out.spelt[value] = spellings(tokenizer, value)
+                    spaced, quoted = out.spelt[value]
                     wrong = answer is None or answer.get(name) != value
-                    out.by_spelling[name, spelt[value]].add(wrong)
+                    out.by_spelling[name, spaced != quoted].add(wrong)
                     out.by_value[name, value].add(wrong)
     return runs
 
 
-def show(task_name: str, runs: int, misses: FieldMisses, tokenizer, top: int) -> None:
+def show(task_name: str, runs: int, misses: FieldMisses, top: int) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -110,7 +110,7 @@ def show(task_name: str, runs: int, misses: FieldMisses, tokenizer, top: int) ->
         worst.add_column(column)
     ranked = sorted(misses.by_value.items(), key=lambda kv: (-kv[1].wrong / kv[1].total, -kv[1].wrong))
     for (name, value), t in [kv for kv in ranked if kv[1].wrong][:top]:
-        spaced, quoted = spellings(tokenizer, value)
+        spaced, quoted = misses.spelt[value]
         worst.add_row(name, value, str(t), "|".join(spaced), "|".join(quoted))
     console.print(worst)
 
@@ -140,7 +140,7 @@ def main() -> None:
             if name in report["tasks"]:
                 runs += tally(report, name, tokenizer, misses)
         if misses.by_spelling:
-            show(name, runs, misses, tokenizer, args.top)
+            show(name, runs, misses, args.top)
 
 
 if __name__ == "__main__":
