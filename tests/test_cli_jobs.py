@@ -94,7 +94,9 @@ def test_train_resume_continues_a_stopped_run_only_with_its_settings(tmp_path, s
         def __getattr__(self, name):
             return lambda *a, **k: None
 
-    data = write_jsonl(tmp_path / "train.jsonl", [chat_row(f"Question {i}?", f"Answer {i}.") for i in range(10)])
+    # answers long enough (16+ tokens a step) that the base learning rate is not scaled down for short ones
+    answers = [f"Answer {i}, which comes after {i - 1} and before {i + 1} when counting." for i in range(10)]
+    data = write_jsonl(tmp_path / "train.jsonl", [chat_row(f"Question {i}?", a) for i, a in enumerate(answers)])
     spec = TrainSpec(data, n_epochs=2, batch_size=5, seed=4)  # 4 steps
     stopped = run_job(spec, Quiet(), stop_requested=lambda: True)
     assert stopped.status == "stopped"

@@ -119,7 +119,8 @@ def validate(
     hp = None
     if report.ok:
         try:
-            hp = hyper.resolve(len(report.tokenized), method, epochs, batch_size, learning_rate_multiplier, beta)
+            hp = hyper.resolve(len(report.tokenized), method, epochs, batch_size, learning_rate_multiplier, beta,
+                               answer_tokens=hyper.mean_answer_tokens(report.tokenized))
         except TunesmithError as exc:
             report.errors.append(_problem(str(exc)))
     if as_json:
@@ -162,7 +163,8 @@ def _print_report(report, console: Console, hp=None) -> None:
         console.print(table)
     if hp:
         console.print(f"Hyperparameters: epochs {hp.n_epochs}, batch size {hp.batch_size}, learning rate "
-                      f"multiplier {hp.learning_rate_multiplier:g} (learning rate {hp.learning_rate:.2e}){hp.dpo_text}")
+                      f"multiplier {hp.learning_rate_multiplier:g} (learning rate {hp.learning_rate:.2e}"
+                      f"{hp.rate_text}){hp.dpo_text}")
         console.print(f"Estimated training tokens: {report.tokens.total * hp.n_epochs:,} "
                       f"({report.tokens.total:,} × {hp.n_epochs} epochs)")
     verdict = "[green]OK[/]" if report.ok else f"[red]{len(report.errors)} error(s)[/]"

@@ -197,10 +197,11 @@ class Worker:
         hp = job.hyperparameters
         resolved = hyper.resolve(len(train.tokenized), TRAIN_METHOD[job.method], hp.get("n_epochs", "auto"),
                                  hp.get("batch_size", "auto"), hp.get("learning_rate_multiplier", "auto"),
-                                 hp.get("beta", "auto"), hp.get("rpo_alpha", "auto"))
+                                 hp.get("beta", "auto"), hp.get("rpo_alpha", "auto"),
+                                 answer_tokens=hyper.mean_answer_tokens(train.tokenized))
         notes.append(f"Hyperparameters: {resolved.n_epochs} epochs, batch size {resolved.batch_size}, learning rate "
                      f"multiplier {resolved.learning_rate_multiplier:g} (learning rate "
-                     f"{resolved.learning_rate:.2e}){resolved.dpo_text}")
+                     f"{resolved.learning_rate:.2e}{resolved.rate_text}){resolved.dpo_text}")
         values = {"base": base, "data_format": train.format,
                   "hyperparameters": {**{k: v for k, v in resolved.as_dict().items() if k != "learning_rate"},
                                       **{k: hp[k] for k in PASSED_SETTINGS if k in hp}}}

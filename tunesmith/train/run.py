@@ -187,7 +187,8 @@ def run_job(spec: TrainSpec, reporter: JobReporter, settings: Settings | None = 
     _warn_leakage(train_examples, valid_examples, reporter)
     _warn_lookalike(train_examples, valid_examples, reporter)
     hp = hyper.resolve(len(train_set), spec.method, spec.n_epochs, spec.batch_size,
-                       spec.learning_rate_multiplier, spec.beta, spec.rpo_alpha)
+                       spec.learning_rate_multiplier, spec.beta, spec.rpo_alpha,
+                       answer_tokens=hyper.mean_answer_tokens(train_set))
     if spec.prompt_loss_weight:  # training only: validation loss stays the answers', comparable across jobs
         train_set = [with_prompt_loss(t, spec.prompt_loss_weight) for t in train_set]
     run = _run_settings(spec, hp, seed)
@@ -221,7 +222,8 @@ def run_job(spec: TrainSpec, reporter: JobReporter, settings: Settings | None = 
         objective = losses.DPO(hp.beta, hp.rpo_alpha)
 
     reporter.on_message(f"Job {job_id}: {len(train_set)} examples, {hp.n_epochs} epochs, "
-                        f"batch size {hp.batch_size}, learning rate {hp.learning_rate:.2e}{hp.dpo_text}, seed {seed}"
+                        f"batch size {hp.batch_size}, learning rate {hp.learning_rate:.2e}{hp.rate_text}{hp.dpo_text}, "
+                        f"seed {seed}"
                         f"{_processes_text(spec.method)}")
     # DPO's validation pairs have two answers each: the reward accuracy already says which one the model prefers.
     scorer = None
