@@ -95,3 +95,14 @@ def test_error_summary_for_one_line_messages_names_the_first_five(tmp_path, rend
     assert message.startswith(f"{path}: line 11: expected a JSON object")
     assert "line 15:" in message and "line 16:" not in message
     assert message.endswith("(and 2 more)")
+
+
+def test_short_answers_show_the_scaled_learning_rate(tmp_path, smol_info):
+    path = write_jsonl(tmp_path / "data.jsonl", GOOD)  # "answer 3" + <|im_end|>: 4 tokens, batch 1
+    shown = CliRunner().invoke(app, ["validate", str(path)])
+    assert shown.exit_code == 0, shown.output
+    report = json.loads(CliRunner().invoke(app, ["validate", str(path), "--json"]).output)
+    hp, trained = report["hyperparameters"], report["trained_tokens"]
+    assert (hp["batch_size"], trained["min"], trained["max"]) == (1, 4, 4)
+    assert hp["learning_rate"] == pytest.approx(5e-4 * (4 / 64) ** 0.5)  # 1.25e-4
+    assert "(learning rate 1.25e-04, scaled by 0.25 for 4 answer tokens a step)" in " ".join(shown.output.split())
