@@ -99,3 +99,24 @@ def serving(app) -> Iterator[tuple[str, int]]:
     finally:
         srv.should_exit = True
         thread.join(30)
+
+
+@contextmanager
+def worker_less(tmp: Path, path: str = "/v1", timeout: float = 30) -> Iterator:
+    """A client of project ``alpha`` (with its key) on an in-process server without a worker: jobs
+    are created and stay waiting, nothing loads a model."""
+    import httpx2 as httpx
+
+    from tunesmith.api.app import create_app
+    from tunesmith.config import Settings
+    from tunesmith.jobs.store import Store
+
+    settings = Settings(home=new_home(tmp))
+    store = Store(settings)
+    key = store.create_key("alpha")[1]
+    try:
+        with serving(create_app(settings, run_worker=False)) as (host, port):
+            yield httpx.Client(base_url=f"http://{host}:{port}{path}", headers={"Authorization": f"Bearer {key}"},
+                               timeout=timeout)
+    finally:
+        store.engine.dispose()

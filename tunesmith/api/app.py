@@ -7,7 +7,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from tunesmith import web
-from tunesmith.api import errors, evaluations, files, fine_tuning, inference, keys, legacy, models, votes
+from tunesmith.api import errors, evaluations, files, fine_tuning, graders, inference, keys, legacy, models, votes
 from tunesmith.api.gate import Gate, check_binding
 from tunesmith.config import Settings, get_settings
 from tunesmith.jobs.store import Store
@@ -34,7 +34,7 @@ def create_app(settings: Settings | None = None, run_worker: bool = True) -> Fas
     app.state.store, app.state.worker, app.state.engines = store, worker, EnginePool(settings)
     errors.install(app)
     app.add_middleware(Gate, store=store)
-    for module in (files, fine_tuning, legacy, models, inference, evaluations, keys, votes):
+    for module in (files, fine_tuning, legacy, models, inference, evaluations, keys, votes, graders):
         app.include_router(module.router, responses=errors.ERROR_RESPONSES)
     app.include_router(web.router)  # the dashboard's pages (hold no data: no key to load them)
     app.mount("/static", web.static, name="static")
