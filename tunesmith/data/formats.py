@@ -7,6 +7,9 @@ Accepted shapes (one per file):
 - ``preference``: {"input": {"messages": [...]}, "preferred_output": [assistant], "non_preferred_output": [assistant]}
                   (OpenAI's DPO format; older docs say ``preferred_completion``/``non_preferred_completion``)
                   or {"prompt": str | [...], "chosen": str | [assistant], "rejected": str | [assistant]} (TRL's)
+- ``prompts``:    {"messages": [... ending in a user turn], "tools"?: [...], any other keys}  (OpenAI's
+                  reinforcement fine-tuning format: no answer to copy; the whole line is the grader's ``item``).
+                  Only read as such for a reinforcement job (``parse_prompt``): the line shape is a chat line's.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-CHAT, PAIRS, COMPLETION, PREFERENCE = "chat", "pairs", "completion", "preference"
+CHAT, PAIRS, COMPLETION, PREFERENCE, PROMPTS = "chat", "pairs", "completion", "preference", "prompts"
 
 ROLES = ("system", "developer", "user", "assistant", "tool")
 MESSAGE_KEYS = {"role", "content", "name", "weight", "tool_calls", "tool_call_id", "function_call"}
@@ -54,6 +57,7 @@ class Example:
     prompt: str | None = None
     completion: str | None = None
     rejected: dict[str, Any] | None = None
+    item: dict[str, Any] | None = None  # a prompt line as a whole: what a grader's {{ item.… }} reads
 
     @property
     def has_system(self) -> bool:
@@ -62,7 +66,8 @@ class Example:
     @property
     def content_key(self) -> str:
         """Equal for two examples that train the same thing, whatever their line's shape or key order."""
-        return json.dumps([self.messages, self.tools, self.prompt, self.completion, self.rejected], sort_keys=True)
+        return json.dumps([self.messages, self.tools, self.prompt, self.completion, self.rejected, self.item],
+                          sort_keys=True)
 
 
 def detect_format(obj: dict[str, Any]) -> str | None:
@@ -92,6 +97,25 @@ def parse_example(obj: Any, line: int) -> tuple[Example | None, list[Problem]]:
     parser = {CHAT: _parse_chat, PAIRS: _parse_pairs, COMPLETION: _parse_completion,
               PREFERENCE: _parse_preference}[fmt]
     return parser(obj, line)
+
+
+def parse_prompt(obj: Any, line: int) -> tuple[Example | None, list[Problem]]:
+    """One line of a reinforcement fine-tuning file: the conversation so far, which the model answers
+    while training (earlier assistant turns are context), plus the line's other fields for the grader."""
+    if not isinstance(obj, dict):
+        return None, [Problem(line, None, f"expected a JSON object, got {_type_name(obj)}")]
+    if "messages" not in obj:
+        return None, [Problem(line, "messages", "missing: a reinforcement fine-tuning line holds the conversation "
+                              "the model answers, as \"messages\" (the grader reads the line's other fields)")]
+    messages, problems = _parse_messages(obj["messages"], line, "messages")
+    problems += _parse_tools(obj.get("tools"), line, "tools")
+    if messages and messages[-1]["role"] == "assistant":
+        problems.append(Problem(line, f"messages[{len(messages) - 1}].role", "the last message is the assistant's: "
+                                "a reinforcement fine-tuning line ends where the model answers (a user turn)"))
+    if problems:
+        return None, problems
+    context = [{**m, "weight": 0} if m["role"] == "assistant" else m for m in messages]
+    return Example(line, PROMPTS, messages=context, tools=obj.get("tools") or None, item=obj), []
 
 
 def _parse_messages(raw: Any, line: int, path: str) -> tuple[list[dict[str, Any]], list[Problem]]:

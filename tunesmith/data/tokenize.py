@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
-from tunesmith.data.formats import CHAT, COMPLETION, PREFERENCE, Example
+from tunesmith.data.formats import CHAT, COMPLETION, PREFERENCE, PROMPTS, Example
 from tunesmith.errors import TemplateError
 
 IGNORE = -100
@@ -83,6 +83,28 @@ class Pair:
         return next((i for i, x in enumerate(self.chosen.labels) if x != IGNORE), self.chosen.n_tokens)
 
 
+@dataclass
+class Prompt:
+    """A reinforcement fine-tuning prompt: the conversation rendered up to the assistant's header (the
+    model writes the rest while training), and its line, which the grader reads as ``item``."""
+
+    input_ids: list[int]
+    item: dict[str, Any]
+    truncated: bool = False
+
+    @property
+    def n_tokens(self) -> int:
+        return len(self.input_ids)
+
+    @property
+    def n_trained(self) -> int:
+        return 0  # the model's own answers are trained, not tokens of the line
+
+    @property
+    def trainable(self) -> bool:
+        return not self.truncated  # a cut prompt is not the question the grader expects answered
+
+
 class Renderer:
     """A tokenizer with a chat template plus the token that ends an assistant turn."""
 
@@ -125,7 +147,10 @@ class Renderer:
             spans.append((len(before), end + len(self.end_of_turn) if end >= 0 else len(upto)))
         return text, spans
 
-    def encode(self, example: Example, max_length: int) -> Tokenized | Pair:
+    def encode(self, example: Example, max_length: int) -> Tokenized | Pair | Prompt:
+        if example.format == PROMPTS:
+            ids = self.encode_prompt(example.messages, example.tools)
+            return Prompt(ids[:max_length], example.item or {}, truncated=len(ids) > max_length)
         if example.format == COMPLETION:
             return self._encode_completion(example, max_length)
         if example.format == PREFERENCE:

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from tunesmith.data.formats import PREFERENCE, Example, Problem, parse_example
-from tunesmith.data.tokenize import Pair, Renderer, Tokenized
+from tunesmith.data.formats import PREFERENCE, Example, Problem, parse_example, parse_prompt
+from tunesmith.data.tokenize import Pair, Prompt, Renderer, Tokenized
 from tunesmith.errors import DataError, TemplateError, TunesmithError
 
 DEFAULT_MAX_LENGTH = 2048
@@ -40,7 +40,7 @@ class Report:
     examples: list[Example] = field(default_factory=list)
     errors: list[Problem] = field(default_factory=list)
     warnings: list[Problem] = field(default_factory=list)
-    tokenized: list[Tokenized | Pair] = field(default_factory=list)
+    tokenized: list[Tokenized | Pair | Prompt] = field(default_factory=list)
     tokens: Distribution | None = None
     trained_tokens: Distribution | None = None
     pair_tokens: dict[str, Distribution] | None = None  # preference data: prompt, chosen, rejected
@@ -71,8 +71,9 @@ class Report:
         }
 
 
-def read_examples(path: Path, min_examples: int = MIN_EXAMPLES) -> Report:
-    """Parse every line; structural errors only (no tokenizer needed)."""
+def read_examples(path: Path, min_examples: int = MIN_EXAMPLES, prompts: bool = False) -> Report:
+    """Parse every line; structural errors only (no tokenizer needed). ``prompts``: the lines are a
+    reinforcement fine-tuning job's prompts (``formats.parse_prompt``), not examples to copy."""
     report = Report(str(path))
     try:
         data = path.read_bytes()
@@ -98,7 +99,7 @@ def read_examples(path: Path, min_examples: int = MIN_EXAMPLES) -> Report:
         except (ValueError, RecursionError) as exc:  # an integer of thousands of digits, arrays nested too deep
             report.errors.append(Problem(number, None, f"unreadable JSON: {type(exc).__name__}: {exc}"))
             continue
-        example, problems = parse_example(obj, number)
+        example, problems = (parse_prompt if prompts else parse_example)(obj, number)
         report.errors += problems
         if example is not None:
             seen_formats.setdefault(example.format, number)
@@ -117,12 +118,12 @@ def read_examples(path: Path, min_examples: int = MIN_EXAMPLES) -> Report:
 
 
 def validate_file(path: Path, renderer: Renderer | None, max_length: int = DEFAULT_MAX_LENGTH,
-                  min_examples: int = MIN_EXAMPLES, preference: bool | None = None) -> Report:
+                  min_examples: int = MIN_EXAMPLES, preference: bool | None = None, prompts: bool = False) -> Report:
     """Full check: structure, then (with a renderer) tokens and truncation.
 
     ``preference`` says whether the training method needs preference pairs (DPO) or must not get
-    them; None accepts either."""
-    report = read_examples(path, min_examples)
+    them; None accepts either. ``prompts``: a reinforcement job's prompt lines (``read_examples``)."""
+    report = read_examples(path, min_examples, prompts)
     if preference is not None and report.format and (report.format == PREFERENCE) != preference:
         shapes = '"input"/"preferred_output"/"non_preferred_output" or "prompt"/"chosen"/"rejected"'
         report.errors.append(Problem(None, None, f"the DPO method needs preference pairs ({shapes} lines); "
@@ -142,11 +143,13 @@ def validate_file(path: Path, renderer: Renderer | None, max_length: int = DEFAU
                                          f"template: {type(exc).__name__}: {exc}"))
             continue
         if tokenized.truncated:
+            cut = "skipped" if isinstance(tokenized, Prompt) else "truncated"
             report.warnings.append(Problem(example.line, None, f"longer than max length {max_length} "
-                                           "tokens: truncated"))
+                                           f"tokens: {cut}"))
         if not tokenized.trainable:
-            report.warnings.append(Problem(example.line, None, "no trained tokens left after truncation: "
-                                           "skipped"))
+            if not isinstance(tokenized, Prompt):
+                report.warnings.append(Problem(example.line, None, "no trained tokens left after truncation: "
+                                               "skipped"))
             continue
         kept_examples.append(example)
         report.tokenized.append(tokenized)
@@ -162,6 +165,14 @@ def validate_file(path: Path, renderer: Renderer | None, max_length: int = DEFAU
                               "chosen": Distribution.of([p.chosen.n_trained for p in pairs]),
                               "rejected": Distribution.of([p.rejected.n_trained for p in pairs])}
     return report
+
+
+def check_item_fields(report: Report, fields: set[str]) -> None:
+    """An error for every prompt line that lacks a field its grader reads (``{{ item.field }}``): found
+    before the job starts, not as zero rewards while it trains."""
+    for example in report.examples:
+        for name in sorted(fields - (example.item or {}).keys()):
+            report.errors.append(Problem(example.line, name, f"missing: the grader reads item.{name}"))
 
 
 def _warn_duplicates(report: Report) -> None:
