@@ -89,9 +89,15 @@ def score_answers(answers: list[str], references: list[str]) -> dict[str, float]
 
 @torch.no_grad()
 def greedy(model, prompts: list[list[int]], max_new_tokens: int, pad_id: int, stop_ids: list[int],
-           precision: PrecisionSetting = "fp32", batch_size: int = BATCH_SIZE) -> list[list[int]]:
+           precision: PrecisionSetting = "fp32", batch_size: int = BATCH_SIZE,
+           temperature: float | None = None) -> list[list[int]]:
     """Greedy continuations of ``prompts`` (each up to, not including, its first stop token), batched,
-    with whatever adapters are active; the model is back in the mode it was in afterwards."""
+    with whatever adapters are active; the model is back in the mode it was in afterwards.
+
+    With a ``temperature``, sampled instead (nothing cut from the distribution: no top-k, no top-p),
+    from torch's generator: GRPO's groups of answers (``grpo.py``)."""
+    sampling = {"do_sample": False} if temperature is None else {
+        "do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0}
     was_training = model.training
     model.eval()
     amp, device = resolve(precision, device_of(model)), device_of(model)
@@ -100,8 +106,8 @@ def greedy(model, prompts: list[list[int]], max_new_tokens: int, pad_id: int, st
         for start in range(0, len(prompts), batch_size):
             inputs = {k: v.to(device) for k, v in left_padded(prompts[start : start + batch_size], pad_id).items()}
             with amp.autocast():
-                out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
-                                     eos_token_id=stop_ids, pad_token_id=pad_id)
+                out = model.generate(**inputs, max_new_tokens=max_new_tokens, eos_token_id=stop_ids,
+                                     pad_token_id=pad_id, **sampling)
             for ids in out[:, inputs["input_ids"].shape[1] :].tolist():
                 answers.append(ids[: next((i for i, t in enumerate(ids) if t in stop_ids), len(ids))])
     finally:

@@ -3,7 +3,8 @@
 Epochs follow OpenAI's published rule (cookbook: target 3 epochs, at least ~100 example passes,
 at most ~25k). OpenAI does not publish its batch-size or learning-rate rules; ours aim at about
 40 optimizer steps per epoch and a base learning rate per method that a multiplier scales.
-DPO uses the same epoch and batch rules (as OpenAI does) and a beta, "auto" = 0.1.
+DPO uses the same epoch and batch rules (as OpenAI does) and a beta, "auto" = 0.1; reinforcement
+fine-tuning the same rules over its prompts, a group of answers for each, and a KL weight.
 """
 
 from __future__ import annotations
@@ -14,8 +15,18 @@ from dataclasses import asdict, dataclass
 from tunesmith.data.validate import MIN_EXAMPLES
 from tunesmith.errors import TunesmithError
 
-BASE_LEARNING_RATE = {"lora": 5e-4, "full": 3e-5, "dpo": 5e-5}
+BASE_LEARNING_RATE = {"lora": 5e-4, "full": 3e-5, "dpo": 5e-5, "reinforcement": 2e-4}
 DEFAULT_BETA = 0.1  # TRL's default, and OpenAI's "auto"
+# Reinforcement fine-tuning (GRPO, train/grpo.py). The KL weight is DeepSeekMath's 0.04 (TRL's default
+# until it moved to 0); 8 answers a prompt is TRL's num_generations; answers longer than 256 tokens are
+# cut there (a grader scores what was written).
+DEFAULT_KL_BETA = 0.04
+DEFAULT_GROUP_SIZE = 8
+DEFAULT_MAX_COMPLETION_TOKENS = 256
+# Upper bounds a client may ask for: a step samples group_size × batch_size answers of up to
+# max_completion_tokens each, all held in memory at once.
+MAX_GROUP_SIZE = 64
+MAX_COMPLETION_TOKENS = 4096
 # DPO adds this times the chosen answers' mean token NLL (RPO; TRL's ``rpo_alpha``). Without it the
 # model learns what *not* to say more than what to say: measured on the sign-off data, pure DPO
 # pushed the end-of-turn token down everywhere and tuned answers ran on past their sign-off.
@@ -39,8 +50,10 @@ class Hyperparameters:
     batch_size: int
     learning_rate_multiplier: float
     learning_rate: float  # the method's base rate x the multiplier x answer_token_scale
-    beta: float | None = None  # DPO only
+    beta: float | None = None  # DPO's, or the KL penalty's weight of reinforcement fine-tuning
     rpo_alpha: float | None = None  # DPO only
+    group_size: int | None = None  # reinforcement only: answers sampled for each prompt
+    max_completion_tokens: int | None = None  # reinforcement only
     # Where answer_token_scale lowered the learning rate: the factor and the answer tokens a step.
     # Not a hyperparameter a client sets, so not in as_dict (the API's job objects).
     short_answers: tuple[float, float] | None = None
@@ -58,7 +71,11 @@ class Hyperparameters:
 
     @property
     def dpo_text(self) -> str:
-        """", beta 0.1, rpo_alpha 1" for DPO, to end a line that lists the hyperparameters; else ""."""
+        """", beta 0.1, rpo_alpha 1" for DPO (", 8 answers a prompt, …" for reinforcement), to end a line
+        that lists the hyperparameters; else ""."""
+        if self.group_size is not None:
+            return (f", {self.group_size} answers a prompt of at most {self.max_completion_tokens} tokens, "
+                    f"KL beta {self.beta:g}")
         return f", beta {self.beta:g}, rpo_alpha {self.rpo_alpha:g}" if self.beta is not None else ""
 
 
@@ -99,7 +116,7 @@ def _parse(value, name: str, cast, minimum):
 
 def resolve(n_examples: int, method: str, n_epochs="auto", batch_size="auto",
             learning_rate_multiplier="auto", beta="auto", rpo_alpha="auto",
-            answer_tokens: float | None = None) -> Hyperparameters:
+            answer_tokens: float | None = None, group_size="auto", max_completion_tokens="auto") -> Hyperparameters:
     """Turn user values (numbers, numeric strings or "auto") into concrete hyperparameters.
 
     ``answer_tokens``: the training examples' mean answer tokens (``mean_answer_tokens``); an SFT job's
@@ -110,15 +127,28 @@ def resolve(n_examples: int, method: str, n_epochs="auto", batch_size="auto",
     epochs = _parse(n_epochs, "n_epochs", int, 1) or auto_epochs(n_examples)
     batch = _parse(batch_size, "batch_size", int, 1) or auto_batch_size(n_examples)
     mult = _parse(learning_rate_multiplier, "learning_rate_multiplier", float, 1e-6) or 1.0
-    dpo_beta = _parse(beta, "beta", float, 1e-6) or DEFAULT_BETA
+    rft = method == "reinforcement"
+    # 0 is a KL weight (no reference), not a DPO beta
+    given_beta = _parse(beta, "beta", float, 0.0 if rft else 1e-6)
     alpha = _parse(rpo_alpha, "rpo_alpha", float, 0.0)
-    if method != "dpo" and (beta not in (None, "auto") or rpo_alpha not in (None, "auto")):
-        raise TunesmithError("beta and rpo_alpha apply only to the DPO method")
+    if method not in ("dpo", "reinforcement") and beta not in (None, "auto"):
+        raise TunesmithError("beta applies only to the DPO and reinforcement methods")
+    if method != "dpo" and rpo_alpha not in (None, "auto"):
+        raise TunesmithError("rpo_alpha applies only to the DPO method")
+    if not rft and (group_size not in (None, "auto") or max_completion_tokens not in (None, "auto")):
+        raise TunesmithError("group_size and max_completion_tokens apply only to the reinforcement method")
+    group = _parse(group_size, "group_size", int, 2) or DEFAULT_GROUP_SIZE
+    completion = _parse(max_completion_tokens, "max_completion_tokens", int, 1) or DEFAULT_MAX_COMPLETION_TOKENS
+    if group > MAX_GROUP_SIZE or completion > MAX_COMPLETION_TOKENS:
+        raise TunesmithError(f"group_size may be at most {MAX_GROUP_SIZE} and max_completion_tokens at most "
+                             f"{MAX_COMPLETION_TOKENS}; got {group} and {completion}")
     batch = min(batch, n_examples)
-    scale = answer_token_scale(answer_tokens, batch) if answer_tokens is not None and method != "dpo" else 1.0
+    scale = answer_token_scale(answer_tokens, batch) if answer_tokens is not None and method in ("lora", "full") else 1.0
+    default_beta = {"dpo": DEFAULT_BETA, "reinforcement": DEFAULT_KL_BETA}.get(method)
     return Hyperparameters(epochs, batch, mult, BASE_LEARNING_RATE[method] * mult * scale,
-                           dpo_beta if method == "dpo" else None,
+                           (default_beta if given_beta is None else given_beta) if default_beta is not None else None,
                            (DEFAULT_RPO_ALPHA if alpha is None else alpha) if method == "dpo" else None,
+                           group if rft else None, completion if rft else None,
                            (scale, answer_tokens * batch) if scale < 1 else None)
 
 

@@ -1,7 +1,8 @@
 """The one training loop: steps, validation, per-epoch checkpoints, early stop, clean stop, resume.
 
-What a step minimises is the config's ``objective`` (``losses.py``): SFT on tokenized examples, or
-DPO on preference pairs whose reference log-probs were attached before training. A step's items are
+What a step minimises is the config's ``objective`` (``losses.py``): SFT on tokenized examples, DPO
+on preference pairs whose reference log-probs were attached before training, or GRPO on prompts
+(``grpo.py``: it samples and grades its own answers inside the step). A step's items are
 packed into rows (``batching.py``) and run in the config's ``precision`` (``precision.py``).
 
 It knows nothing of files, databases or terminals: progress goes to a ``Reporter`` and a stop is
@@ -143,7 +144,7 @@ def _train(model, train_set, cfg: LoopConfig, checkpoint_dir: Path, reporter: Re
     objective = cfg.objective
     amp = resolve(cfg.precision, device_of(model))
     # Once per run, not per step: what the data order does not change.
-    lengths = [t.n_tokens for t in train_set]
+    lengths = [objective.length(t) for t in train_set]
     weights = [objective.weight(t) for t in train_set]
     steps_per_epoch = len(epoch_order(len(train_set), cfg.batch_size, cfg.seed, 0))
     total_steps = steps_per_epoch * cfg.n_epochs
@@ -252,7 +253,9 @@ def _train(model, train_set, cfg: LoopConfig, checkpoint_dir: Path, reporter: Re
 
 def best_checkpoint(checkpoints: list[Checkpoint]) -> Checkpoint | None:
     """The checkpoint with the highest ``valid_exact_match``, then the lowest validation loss, then the
-    earliest; None without validation. Without answer scores (DPO, no scorer) the loss alone decides.
+    earliest; None without validation. Without answer scores (DPO, no scorer) the loss alone decides;
+    a reinforcement job's checkpoints have no loss to compare but the grader's mean on the validation
+    prompts (``valid_reward_mean``), the highest of which wins.
 
     Exact answers come first because they are what the model is used for, and the two can disagree:
     the loss averages over every reference token, so it can fall while answers to unseen names and
@@ -260,9 +263,9 @@ def best_checkpoint(checkpoints: list[Checkpoint]) -> Checkpoint | None:
     mistakes while more answers come out right.
 
     Derived from the checkpoints' own metrics, so a resumed run needs no extra state to go on guarding."""
-    scored = [c for c in checkpoints if "valid_loss" in c.metrics]
-    return min(scored, key=lambda c: (-c.metrics.get("valid_exact_match", 0.0), c.metrics["valid_loss"], c.step),
-               default=None)
+    scored = [c for c in checkpoints if "valid_loss" in c.metrics or "valid_reward_mean" in c.metrics]
+    return min(scored, key=lambda c: (-c.metrics.get("valid_exact_match", 0.0), -c.metrics.get("valid_reward_mean", 0.0),
+                                      c.metrics.get("valid_loss", 0.0), c.step), default=None)
 
 
 def _save(model, optimizer, schedule, checkpoint_dir: Path, step: int, epoch: int, metrics: dict,
@@ -317,7 +320,7 @@ def evaluate(model, dataset: list[Tokenized] | list[Pair], pad_id: int,
     model.eval()
     amp = resolve(precision, device_of(model))
     sums: Counter[str] = Counter()
-    lengths = [t.n_tokens for t in dataset]
+    lengths = [objective.length(t) for t in dataset]
     mine = shard(list(range(len(dataset))), lengths, distributed.rank(), distributed.world_size())
     filler = [[min(range(len(dataset)), key=lengths.__getitem__, default=0)]]
     for group, counts in distributed.lockstep(micro_batches(mine, lengths, micro_batch_tokens), filler,

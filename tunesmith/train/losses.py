@@ -1,4 +1,4 @@
-"""Training objectives: the token-level SFT loss and DPO's sigmoid preference loss.
+"""Training objectives: the token-level SFT loss and DPO's sigmoid preference loss (GRPO's is ``grpo.py``).
 
 An objective turns a micro-batch (rows of items, packed by ``batching.micro_batches``) into a summed
 loss and summed statistics (named as the step metrics they become). The loop divides both by the
@@ -116,6 +116,7 @@ def _pair_logps(model, rows: list[list[Pair]], pad_id: int) -> torch.Tensor:
 
 class Objective(Protocol):
     def weight(self, item) -> int: ...  # the item's share of a step's mean
+    def length(self, item) -> int: ...  # the tokens it costs a step (micro-batches are cut by these)
     def __call__(self, model, rows: list[list], pad_id: int) -> tuple[torch.Tensor, dict[str, float]]: ...
 
 
@@ -124,6 +125,9 @@ class SFT:
 
     def weight(self, item: Tokenized) -> int:
         return item.n_trained
+
+    def length(self, item: Tokenized) -> int:
+        return item.n_tokens
 
     def __call__(self, model, rows: list[list[Tokenized]], pad_id: int) -> tuple[torch.Tensor, dict[str, float]]:
         loss, correct, _ = sft_loss(model, collate(rows, pad_id))
@@ -140,6 +144,9 @@ class DPO:
 
     def weight(self, item: Pair) -> int:
         return 1
+
+    def length(self, item: Pair) -> int:
+        return item.n_tokens
 
     def __call__(self, model, rows: list[list[Pair]], pad_id: int) -> tuple[torch.Tensor, dict[str, float]]:
         logps = _pair_logps(model, rows, pad_id)

@@ -21,17 +21,21 @@ import torch
 
 from tunesmith.atomic import write_atomic
 from tunesmith.config import PrecisionSetting, Settings, enforce_offline, get_settings
+from tunesmith.data.formats import PROMPTS
 from tunesmith.data.overlap import overlap
 from tunesmith.data.tokenize import Pair, with_prompt_loss
-from tunesmith.data.validate import DEFAULT_MAX_LENGTH, Report, line_list, validate_file
+from tunesmith.data.validate import DEFAULT_MAX_LENGTH, Report, check_item_fields, line_list, validate_file
 from tunesmith.errors import TunesmithError
+from tunesmith.graders import Scorer, item_fields, make_sample, parse_grader
 from tunesmith.models import finetuned
 from tunesmith.models.loading import BaseInfo, ensure_cached, load_model, load_renderer
-from tunesmith.train import answers, distributed, hyper, loop, losses
+from tunesmith.train import answers, distributed, grpo, hyper, loop, losses
 from tunesmith.train.precision import training_device
 
-METHODS = ("lora", "full", "dpo")  # dpo: preference pairs, trained as a LoRA adapter
+# dpo: preference pairs, reinforcement: prompts and a grader (GRPO); both trained as a LoRA adapter
+METHODS = ("lora", "full", "dpo", "reinforcement")
 REFERENCE_FILE = "reference_logps.pt"
+REFERENCE_WEIGHTS_FILE = "reference_weights.safetensors"  # reinforcement: the adapter's starting values
 RUN_FILE = "run.json"  # the settings a job started with; a resumed run must have the same
 DATA_FILE = "data.json"  # what the training data had in common (its system prompt), for exports
 MIN_AUTO_SPLIT_EXAMPLES = 100  # below this, a held-out part is too small to say anything
@@ -50,8 +54,11 @@ class TrainSpec:
     n_epochs: int | str = "auto"
     batch_size: int | str = "auto"
     learning_rate_multiplier: float | str = "auto"
-    beta: float | str = "auto"  # DPO only
+    beta: float | str = "auto"  # DPO's, or reinforcement's KL weight
     rpo_alpha: float | str = "auto"  # DPO only
+    grader: dict | None = None  # reinforcement only: an OpenAI grader object (tunesmith.graders)
+    group_size: int | str = "auto"  # reinforcement only
+    max_completion_tokens: int | str = "auto"  # reinforcement only
     suffix: str | None = None
     seed: int | None = None
     max_length: int = DEFAULT_MAX_LENGTH
@@ -116,8 +123,13 @@ def check_spec(spec: TrainSpec) -> None:
             raise TunesmithError(f"{name} must be at least 0, got {getattr(spec, name)}")
     if not 0 <= spec.prompt_loss_weight <= 1:
         raise TunesmithError(f"prompt_loss_weight must be between 0 and 1, got {spec.prompt_loss_weight}")
-    if spec.prompt_loss_weight and spec.method == "dpo":
-        raise TunesmithError("prompt_loss_weight applies to supervised training, not to DPO")
+    if spec.prompt_loss_weight and spec.method in ("dpo", "reinforcement"):
+        raise TunesmithError(f"prompt_loss_weight applies to supervised training, not to {spec.method}")
+    if (spec.grader is not None) != (spec.method == "reinforcement"):
+        raise TunesmithError("the reinforcement method needs a grader" if spec.grader is None
+                             else "a grader applies only to the reinforcement method")
+    if spec.grader is not None:
+        parse_grader(spec.grader)
     if spec.auto_split is not None:
         if not 0 < spec.auto_split <= MAX_AUTO_SPLIT:
             raise TunesmithError(f"auto_split must be a fraction above 0 and at most {MAX_AUTO_SPLIT}")
@@ -125,12 +137,15 @@ def check_spec(spec: TrainSpec) -> None:
             raise TunesmithError("give either a validation file or auto_split, not both")
 
 
-def _weights_kind(method: str | None) -> str:
+def _weights_kind(method: str | None) -> str:  # LoRA, DPO and reinforcement jobs all train adapters
     return "full" if method == "full" else "adapter"
 
 
 def _validated(path: Path, spec: TrainSpec, renderer, reporter: JobReporter, min_examples: int) -> Report:
-    report = validate_file(path, renderer, spec.max_length, min_examples, preference=spec.method == "dpo")
+    report = validate_file(path, renderer, spec.max_length, min_examples, preference=spec.method == "dpo",
+                           prompts=spec.method == "reinforcement")
+    if spec.grader is not None:
+        check_item_fields(report, item_fields(parse_grader(spec.grader)))
     reporter.on_validated(report)
     report.raise_for_errors()
     return report
@@ -185,10 +200,12 @@ def run_job(spec: TrainSpec, reporter: JobReporter, settings: Settings | None = 
         reporter.on_message(f"Holding out {len(valid_set)} of {len(train_report.tokenized)} examples "
                             f"({spec.auto_split:.0%}) of {spec.training_file.name} for validation")
     _warn_leakage(train_examples, valid_examples, reporter)
-    _warn_lookalike(train_examples, valid_examples, reporter)
+    if spec.method != "reinforcement":  # prompts have no answers whose words to compare
+        _warn_lookalike(train_examples, valid_examples, reporter)
     hp = hyper.resolve(len(train_set), spec.method, spec.n_epochs, spec.batch_size,
                        spec.learning_rate_multiplier, spec.beta, spec.rpo_alpha,
-                       answer_tokens=hyper.mean_answer_tokens(train_set))
+                       answer_tokens=hyper.mean_answer_tokens(train_set), group_size=spec.group_size,
+                       max_completion_tokens=spec.max_completion_tokens)
     if spec.prompt_loss_weight:  # training only: validation loss stays the answers', comparable across jobs
         train_set = [with_prompt_loss(t, spec.prompt_loss_weight) for t in train_set]
     run = _run_settings(spec, hp, seed)
@@ -216,26 +233,35 @@ def run_job(spec: TrainSpec, reporter: JobReporter, settings: Settings | None = 
         raise loop.CorruptCheckpoint(resume_from, exc) from exc
     pad_id = renderer.tokenizer.pad_token_id
     objective: losses.Objective = losses.SFT()
+    scorer = Scorer(parse_grader(spec.grader)) if spec.grader is not None else None
     if spec.method == "dpo":
         _attach_reference(model, train_set + valid_set, job_dir / REFERENCE_FILE, pad_id, reporter,
                           settings.precision)
         objective = losses.DPO(hp.beta, hp.rpo_alpha)
+    elif scorer is not None:
+        objective = _grpo(model, renderer, scorer, hp, job_dir / REFERENCE_WEIGHTS_FILE, settings.precision)
 
     reporter.on_message(f"Job {job_id}: {len(train_set)} examples, {hp.n_epochs} epochs, "
                         f"batch size {hp.batch_size}, learning rate {hp.learning_rate:.2e}{hp.rate_text}{hp.dpo_text}, "
                         f"seed {seed}"
                         f"{_processes_text(spec.method)}")
     # DPO's validation pairs have two answers each: the reward accuracy already says which one the model prefers.
-    scorer = None
-    if valid_set and spec.method != "dpo":
-        scorer = answers.answer_scorer(valid_set, renderer, settings.precision)
+    # A reinforcement job's validation is its objective's: the grader's mean over greedy answers.
+    answer_scorer = None
+    if valid_set and spec.method in ("lora", "full"):
+        answer_scorer = answers.answer_scorer(valid_set, renderer, settings.precision)
     cfg = loop.LoopConfig(hp.n_epochs, hp.batch_size, hp.learning_rate, seed, objective=objective,
                           eval_steps=spec.eval_steps, patience=spec.patience if spec.early_stopping else None,
-                          precision=settings.precision, answer_scorer=scorer, shard_layers=spec.method == "full",
-                          neftune_alpha=spec.neftune_alpha, weight_decay=spec.weight_decay)
-    result = loop.train(model, train_set, cfg, job_dir / "checkpoints", reporter,
-                        pad_id=pad_id, valid_set=valid_set, resume_from=resume_from,
-                        stop_requested=stop_requested)
+                          precision=settings.precision, answer_scorer=answer_scorer,
+                          shard_layers=spec.method == "full", neftune_alpha=spec.neftune_alpha,
+                          weight_decay=spec.weight_decay)
+    try:
+        result = loop.train(model, train_set, cfg, job_dir / "checkpoints", reporter,
+                            pad_id=pad_id, valid_set=valid_set, resume_from=resume_from,
+                            stop_requested=stop_requested)
+    finally:
+        if scorer is not None:
+            scorer.close()
     outcome = JobResult(job_id, "succeeded" if result.completed else "stopped", None, result.trained_tokens,
                         seed, hp.as_dict(), result.metrics)
     if not distributed.is_main():
@@ -259,13 +285,38 @@ def run_job(spec: TrainSpec, reporter: JobReporter, settings: Settings | None = 
     shutil.copytree(chosen.path, final_dir, ignore=shutil.ignore_patterns(loop.STATE_FILE))
     outcome.model = asdict(finetuned.FineTunedModel(
         id=short_id, name=name, base=info.name, job_id=job_id, method=spec.method,
-        format=train_report.format or "chat", path=str(final_dir), created_at=int(time.time()),
+        format=_served_format(train_report.format), path=str(final_dir), created_at=int(time.time()),
         trained_tokens=result.trained_tokens, metrics=chosen.metrics,
         checkpoints={c.step: str(c.path) for c in result.checkpoints}))
     outcome.fine_tuned_model = name
     outcome.checkpoints = [f"{name}:ckpt-step-{c.step}" for c in result.checkpoints]
     outcome.seconds = time.perf_counter() - started
     return outcome
+
+
+def _served_format(data_format: str | None) -> str:
+    """How the new model is prompted: as its training lines were (a reinforcement job's prompts are chats)."""
+    return "chat" if data_format in (None, PROMPTS) else data_format
+
+
+def _grpo(model, renderer, scorer: Scorer, hp: hyper.Hyperparameters, reference_file: Path,
+          precision: PrecisionSetting) -> grpo.GRPO:
+    """The reinforcement objective over this job's grader; its KL reference is the adapter as the job
+    first started (kept in the job directory: a resumed job's weights are no longer the starting ones)."""
+    from safetensors.torch import load_file, save
+
+    if not reference_file.exists() and distributed.is_main():
+        write_atomic(reference_file, save(grpo.snapshot(model)))
+    distributed.barrier()
+    reference = load_file(reference_file) if hp.beta else None
+    tokenizer = renderer.tokenizer
+
+    def grade(texts: list[str], items: list[dict]) -> list[tuple[float, str | None]]:
+        return [(g.score, g.error) for g in scorer.score([make_sample(t) for t in texts], items)]
+
+    return grpo.GRPO(grade, lambda ids: tokenizer.decode(ids, skip_special_tokens=True), renderer.stop_ids,
+                     renderer.end_of_turn_id, hp.group_size, hp.max_completion_tokens, hp.beta,
+                     reference=reference, precision=precision)
 
 
 def _processes_text(method: str) -> str:
@@ -304,7 +355,8 @@ def _run_settings(spec: TrainSpec, hp: hyper.Hyperparameters, seed: int) -> dict
             # only when not the default: a run from before these options resumes as the same run
             **{name: value for name, value, default in (
                 ("prompt_loss_weight", spec.prompt_loss_weight, 0.0), ("lora_targets", spec.lora_targets, "all-linear"),
-                ("neftune_alpha", spec.neftune_alpha, 0.0), ("weight_decay", spec.weight_decay, 0.0))
+                ("neftune_alpha", spec.neftune_alpha, 0.0), ("weight_decay", spec.weight_decay, 0.0),
+                ("grader", spec.grader, None))
             if value != default}}
 
 
@@ -363,7 +415,7 @@ def _report_choice(result: loop.LoopResult, patience: int, reporter: JobReporter
     """Say which epoch the model is, when that is not simply the last one, and why."""
     best, last = result.best, result.checkpoints[-1]
     lowest = min((c for c in result.checkpoints if "valid_loss" in c.metrics),
-                 key=lambda c: (c.metrics["valid_loss"], c.step))
+                 key=lambda c: (c.metrics["valid_loss"], c.step), default=best)
     why = _described(best)
     if lowest is not best:
         why += (f"; chosen by valid_exact_match (greedy answers to validation questions), which disagrees with the "
@@ -379,6 +431,8 @@ def _report_choice(result: loop.LoopResult, patience: int, reporter: JobReporter
 
 
 def _described(ckpt: loop.Checkpoint) -> str:
+    if "valid_loss" not in ckpt.metrics:
+        return f"valid_reward_mean {ckpt.metrics['valid_reward_mean']:.3f}"
     exact = ckpt.metrics.get("valid_exact_match")
     loss = f"valid_loss {ckpt.metrics['valid_loss']:.4f}"
     return loss if exact is None else f"{loss}, valid_exact_match {exact:.2f}"
@@ -466,9 +520,9 @@ class EventReporter(JobReporter):
                        path=str(ckpt.path), metrics=metrics)
 
 
-# Step metrics as OpenAI names them (supervised) and as TRL names them (DPO); validation ones are
+# Step metrics as OpenAI names them (supervised) and as TRL names them (DPO, GRPO); validation ones are
 # "valid_" + the name without "train_".
-_STEP_METRICS = ("train_loss", "train_mean_token_accuracy", *losses.DPO_METRICS)
+_STEP_METRICS = ("train_loss", "train_mean_token_accuracy", *losses.DPO_METRICS, *grpo.METRICS)
 _CHECKPOINT_METRICS = (*_STEP_METRICS, *("valid_" + m.removeprefix("train_") for m in _STEP_METRICS), *answers.METRICS)
 
 
