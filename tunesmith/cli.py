@@ -99,11 +99,14 @@ def validate(
     model: ModelOpt = get_settings().default_model,
     max_length: Annotated[int, typer.Option(help="Examples longer than this are truncated.")] = 2048,
     method: Annotated[Optional[str], typer.Option(
-        help="lora, full or dpo; checks the file suits it. Default: dpo for preference data, else lora.")] = None,
+        help="lora, full, dpo or reinforcement; checks the file suits it. Default: dpo for preference data, "
+             "else lora.")] = None,
     epochs: Annotated[str, typer.Option(help="Number or auto.")] = "auto",
     batch_size: Annotated[str, typer.Option(help="Number or auto.")] = "auto",
     learning_rate_multiplier: Annotated[str, typer.Option(help="Number or auto.")] = "auto",
-    beta: Annotated[str, typer.Option(help="DPO only: number or auto (0.1).")] = "auto",
+    beta: Annotated[str, typer.Option(help="DPO: number or auto (0.1); reinforcement: KL weight (0.04).")] = "auto",
+    grader: Annotated[Optional[Path], typer.Option(
+        help="Reinforcement: a JSON file with the grader; each line must hold the item fields it reads.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
     """Check a training file: errors with line and field, warnings, token statistics, hyperparameters."""
@@ -114,7 +117,13 @@ def validate(
 
     info = ensure_cached(_resolve(model).base, status=lambda m: err.print(f"[dim]{m}[/]"))
     preference = None if method is None else method == "dpo"  # None: either kind, the method follows the file
-    report = validate_file(file, load_renderer(info), max_length, preference=preference)
+    report = validate_file(file, load_renderer(info), max_length, preference=preference,
+                           prompts=method == "reinforcement")
+    if grader is not None:
+        from tunesmith.data.validate import check_item_fields
+        from tunesmith.graders import item_fields, parse_grader
+
+        check_item_fields(report, item_fields(parse_grader(_read_grader(grader))))
     method = method or ("dpo" if report.format == PREFERENCE else "lora")
     hp = None
     if report.ok:
@@ -202,13 +211,14 @@ class _ProgressReporter:
             self.progress.console.print(f"step {m['step']}/{m['total_steps']} epoch {m['epoch']} "
                                         f"loss {m['train_loss']:.4f}{_rewards(m)} {m['tokens_per_second']:.0f} tok/s",
                                         soft_wrap=True)
-        if "valid_loss" in m:
-            self.progress.console.print(f"step {m['step']}: valid loss {m['valid_loss']:.4f}"
-                                        f"{_rewards(m, 'valid_')}", soft_wrap=True)
+        if "valid_loss" in m or "valid_reward_mean" in m:
+            loss = f" valid loss {m['valid_loss']:.4f}" if "valid_loss" in m else ""
+            self.progress.console.print(f"step {m['step']}:{loss}{_rewards(m, 'valid_')}", soft_wrap=True)
 
     def on_checkpoint(self, ckpt) -> None:
         valid, exact = ckpt.metrics.get("valid_loss"), ckpt.metrics.get("valid_exact_match")
-        extra = f", valid loss {valid:.4f}{_rewards(ckpt.metrics, 'valid_')}" if valid is not None else ""
+        extra = f", valid loss {valid:.4f}" if valid is not None else ""
+        extra += _rewards(ckpt.metrics, "valid_")
         extra += f", valid exact answers {exact:.0%}" if exact is not None else ""
         self.progress.console.print(f"epoch {ckpt.epoch}: step {ckpt.step}, train loss "
                                     f"{ckpt.metrics['train_loss']:.4f}{extra} → checkpoint {ckpt.path.name}",
@@ -216,7 +226,10 @@ class _ProgressReporter:
 
 
 def _rewards(metrics: dict, prefix: str = "") -> str:
-    """DPO's reward accuracy and margin, when the metrics have them."""
+    """DPO's reward accuracy and margin, or a reinforcement job's mean grade, when the metrics have them."""
+    if f"{prefix}reward_mean" in metrics:
+        kl = f" kl {metrics['train_kl']:.4f}" if "train_kl" in metrics and not prefix else ""
+        return f" {prefix}reward {metrics[f'{prefix}reward_mean']:.3f}{kl}"
     if f"{prefix}rewards/accuracies" not in metrics:
         return ""
     return (f" {prefix}rewards/accuracies {metrics[f'{prefix}rewards/accuracies']:.2f}"
@@ -229,11 +242,20 @@ def train(
     file: Annotated[Path, typer.Argument(help="JSONL training file.")],
     validation: Annotated[Optional[Path], typer.Option(help="JSONL validation file.")] = None,
     model: ModelOpt = get_settings().default_model,
-    method: Annotated[str, typer.Option(help="lora, full, or dpo (preference data, LoRA).")] = "lora",
+    method: Annotated[str, typer.Option(
+        help="lora, full, dpo (preference data, LoRA) or reinforcement (prompts and --grader, LoRA).")] = "lora",
+    grader: Annotated[Optional[Path], typer.Option(
+        help="Reinforcement only: a JSON file holding an OpenAI grader object (string_check, text_similarity, "
+             "python, multi).")] = None,
+    group_size: Annotated[str, typer.Option(help="Reinforcement only: answers sampled per prompt; number or "
+                                                 "auto (8).")] = "auto",
+    max_completion_tokens: Annotated[str, typer.Option(
+        help="Reinforcement only: longest sampled answer; number or auto (256).")] = "auto",
     epochs: Annotated[str, typer.Option(help="Number or auto.")] = "auto",
     batch_size: Annotated[str, typer.Option(help="Number or auto.")] = "auto",
     learning_rate_multiplier: Annotated[str, typer.Option(help="Number or auto.")] = "auto",
-    beta: Annotated[str, typer.Option(help="DPO only: number or auto (0.1).")] = "auto",
+    beta: Annotated[str, typer.Option(help="DPO: number or auto (0.1); reinforcement: the KL weight, auto "
+                                            "(0.04).")] = "auto",
     rpo_alpha: Annotated[str, typer.Option(
         help="DPO only: weight of the chosen answers' NLL added to the DPO loss (RPO); number or auto.")] = "auto",
     suffix: Annotated[Optional[str], typer.Option(help="Up to 64 characters, part of the model name.")] = None,
@@ -270,7 +292,8 @@ def train(
         _check_resumable(resume)
     spec = TrainSpec(file, validation, model, method, epochs, batch_size, learning_rate_multiplier, beta,
                      rpo_alpha, suffix, seed, max_length, early_stopping=early_stopping, patience=patience,
-                     eval_steps=eval_steps, auto_split=auto_split, prompt_loss_weight=prompt_loss_weight)
+                     eval_steps=eval_steps, auto_split=auto_split, prompt_loss_weight=prompt_loss_weight,
+                     grader=_read_grader(grader), group_size=group_size, max_completion_tokens=max_completion_tokens)
     stop = _StopOnInterrupt()
     progress = Progress(TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
                         TextColumn("loss {task.fields[loss]:.4f}{task.fields[rewards]}"),
@@ -294,6 +317,20 @@ def train(
         out.print(result.fine_tuned_model, highlight=False)
     if result.status == "stopped":
         raise typer.Exit(130)
+
+
+def _read_grader(path: Path | None) -> dict | None:
+    """The grader object in a JSON file, checked here so that a mistake is named before the model loads."""
+    if path is None:
+        return None
+    from tunesmith.graders import parse_grader
+
+    try:
+        grader = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise TunesmithError(f"{path}: not a readable JSON file ({exc})") from None
+    parse_grader(grader)
+    return grader
 
 
 def _register(record: dict) -> None:
@@ -672,15 +709,19 @@ EvalMaxTokens = Annotated[int, typer.Option(min=1, help="Longest answer, in toke
 EvalContains = Annotated[Optional[str], typer.Option(help="Also score: the answer contains this text.")]
 EvalRegex = Annotated[Optional[str], typer.Option(help="Also score: the answer matches this regular expression "
                                                         "(RE2 syntax, found anywhere in the answer).")]
+EvalGrader = Annotated[Optional[Path], typer.Option(
+    help="Also score: a JSON file with an OpenAI grader object (as reinforcement jobs use); its mean score. "
+         "The data may then be prompts without answers.")]
 
 
 def _evaluate(models: list[str], data: Path, limit: Optional[int], max_tokens: int, contains: Optional[str],
-              regex: Optional[str]):
+              regex: Optional[str], grader: Optional[Path] = None):
     """Evaluate the models with a progress bar per model on stderr (stdout stays for the result)."""
     from tunesmith.eval.metrics import Checks
     from tunesmith.eval.run import EvalOptions, evaluate_models
 
-    options = EvalOptions(max_tokens=max_tokens, limit=limit, checks=Checks(contains, regex))
+    options = EvalOptions(max_tokens=max_tokens, limit=limit, checks=Checks(contains, regex),
+                          grader=_read_grader(grader))
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                         TextColumn("ETA"), TimeRemainingColumn(), console=err)
     tasks: dict[str, int] = {}
@@ -714,12 +755,13 @@ def eval_(
     max_tokens: EvalMaxTokens = 256,
     contains: EvalContains = None,
     regex: EvalRegex = None,
+    grader: EvalGrader = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report, every answer included, as JSON.")] = False,
 ) -> None:
     """Score a model on held-out data: loss, perplexity, token accuracy, and its greedy answers."""
     from tunesmith.eval.report import markdown
 
-    [report] = _evaluate([model], data, limit, max_tokens, contains, regex)
+    [report] = _evaluate([model], data, limit, max_tokens, contains, regex, grader)
     if as_json:
         out.print_json(json.dumps(report.as_dict()))
     else:
@@ -737,11 +779,12 @@ def compare(
     max_tokens: EvalMaxTokens = 256,
     contains: EvalContains = None,
     regex: EvalRegex = None,
+    grader: EvalGrader = None,
 ) -> None:
     """Golden questions: two models' answers side by side with the reference, per-item and overall scores."""
     from tunesmith.eval.report import html_report, markdown
 
-    reports = _evaluate([model_a, model_b], data, limit, max_tokens, contains, regex)
+    reports = _evaluate([model_a, model_b], data, limit, max_tokens, contains, regex, grader)
     _print_markdown(markdown(reports, questions=True))
     if out_file:
         try:

@@ -15,10 +15,12 @@ from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from tunesmith.api.deps import client_gone, current_project, get_store, resolve_model
+from tunesmith.api.errors import ApiError
 from tunesmith.api.files import owned_file
 from tunesmith.eval import report as reports
 from tunesmith.eval.metrics import Checks
 from tunesmith.eval.run import EvalOptions, evaluate_on
+from tunesmith.graders import GraderError, grader_dict, parse_grader
 from tunesmith.jobs.store import Project, Store
 
 router = APIRouter(prefix="/v1/evaluations")
@@ -33,6 +35,7 @@ class CreateEvaluation(BaseModel):
     limit: Annotated[int, Field(ge=1, le=MAX_EXAMPLES)] | None = None  # the first N examples; at most MAX_EXAMPLES
     contains: Annotated[str, Field(max_length=1000)] | None = None
     regex: Annotated[str, Field(max_length=1000)] | None = None  # RE2 syntax: matched in linear time
+    grader: dict[str, Any] | None = None  # an OpenAI grader object; its limits are graders.parse_grader's
 
 
 class Evaluation(BaseModel):
@@ -49,8 +52,14 @@ async def create(body: CreateEvaluation, request: Request, project: Project = De
                  store: Store = Depends(get_store)) -> dict:
     models = [resolve_model(store, project, name, param=f"models.{i}") for i, name in enumerate(body.models)]
     path = Path(owned_file(store, project, body.file, "file").path)
+    grader = None
+    if body.grader is not None:
+        try:
+            grader = grader_dict(parse_grader(body.grader))
+        except GraderError as exc:
+            raise ApiError(400, str(exc), param=exc.param or "grader", code="invalid_value") from exc
     options = EvalOptions(max_tokens=body.max_tokens, limit=body.limit or MAX_EXAMPLES,
-                          checks=Checks(body.contains, body.regex))
+                          checks=Checks(body.contains, body.regex), grader=grader)
     done = {}
     for base in dict.fromkeys(m.base for m in models):
         group = [m for m in models if m.base == base]

@@ -135,7 +135,7 @@ class ValidateRequest(BaseModel):
     """tunesmith's own: what `tunesmith validate` checks, for an uploaded file and the job it would make."""
     model_config = ConfigDict(extra="forbid", strict=True)
     model: Annotated[str, Field(max_length=256)] | None = None  # default: the server's default base model
-    method: Literal["supervised", "dpo"] | None = None  # None: the method follows the file
+    method: Literal["supervised", "dpo", "reinforcement"] | None = None  # None: the method follows the file
     purpose: Literal["training", "validation"] = "training"  # a validation file needs one example, not ten
     n_epochs: Auto | Annotated[int, Field(ge=1, le=50)] = "auto"
     batch_size: Auto | Annotated[int, Field(ge=1, le=256)] = "auto"
@@ -188,16 +188,17 @@ def validate(file_id: str, body: ValidateRequest | None = None,
             _RENDERERS[base] = load_renderer(ensure_cached(base, store.settings))
         preference = None if body.method is None else body.method == "dpo"
         minimum = MIN_EXAMPLES if body.purpose == "training" else 1
-        report = validate_file(Path(f.path), _RENDERERS[base], DEFAULT_MAX_LENGTH, minimum, preference=preference)
+        report = validate_file(Path(f.path), _RENDERERS[base], DEFAULT_MAX_LENGTH, minimum, preference=preference,
+                               prompts=body.method == "reinforcement")
     finally:
         _VALIDATING.release()
     method = body.method or ("dpo" if report.format == PREFERENCE else "supervised")
     hp = None
     if report.ok and body.purpose == "training":
         try:
-            hp = hyper.resolve(len(report.tokenized), "dpo" if method == "dpo" else "lora", body.n_epochs,
+            hp = hyper.resolve(len(report.tokenized), {"supervised": "lora"}.get(method, method), body.n_epochs,
                                body.batch_size, body.learning_rate_multiplier,
-                               body.beta if method == "dpo" else "auto")
+                               body.beta if method != "supervised" else "auto")
         except TunesmithError as exc:
             report.errors.append(DataProblem(None, None, str(exc)))
     data = report.as_dict()

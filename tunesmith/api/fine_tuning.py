@@ -17,12 +17,13 @@ from tunesmith.api.deps import current_project, get_store, resolve_model
 from tunesmith.api.errors import ApiError, not_found
 from tunesmith.api.files import owned_file
 from tunesmith.api.lists import After, Page, page
+from tunesmith.graders import GraderError, grader_dict, parse_grader
 from tunesmith.jobs import store as st
 from tunesmith.jobs.store import Checkpoint, Event, Job, Project, Store
 from tunesmith.jobs import lifecycle
 from tunesmith.jobs.launcher import nproc_per_node
 from tunesmith.models import finetuned
-from tunesmith.train.hyper import DEFAULT_PATIENCE
+from tunesmith.train.hyper import DEFAULT_GROUP_SIZE, DEFAULT_PATIENCE, MAX_COMPLETION_TOKENS, MAX_GROUP_SIZE
 
 router = APIRouter(prefix="/v1/fine_tuning/jobs")
 
@@ -47,6 +48,28 @@ class DpoHyperparameters(Hyperparameters):
     rpo_alpha: Auto | Annotated[float, Field(ge=0, le=10)] = "auto"  # tunesmith's: see `tunesmith train --rpo-alpha`
 
 
+class ReinforcementHyperparameters(Hyperparameters):
+    """OpenAI's reinforcement hyperparameters, and tunesmith's GRPO settings (``tunesmith train --help``)."""
+    # OpenAI's "compute spent exploring": scales the answers sampled per prompt (auto: 8, TRL's default)
+    compute_multiplier: Auto | Annotated[float, Field(gt=0, le=8)] = "auto"
+    eval_interval: Auto | Annotated[int, Field(ge=1, le=1_000_000)] = "auto"  # OpenAI's name for eval_steps
+    # Validation answers each prompt once, greedily: more samples of a greedy answer are the same answer.
+    eval_samples: Auto | Literal[1] = "auto"
+    reasoning_effort: Literal["default"] | None = None  # the embedded models have no reasoning modes
+    group_size: Auto | Annotated[int, Field(ge=2, le=MAX_GROUP_SIZE)] = "auto"
+    beta: Auto | Annotated[float, Field(ge=0, le=2)] = "auto"  # the KL penalty's weight; 0: none
+    max_completion_tokens: Auto | Annotated[int, Field(ge=1, le=MAX_COMPLETION_TOKENS)] = "auto"
+
+    def training_settings(self) -> dict:
+        """What the job trains with, in tunesmith's names (OpenAI's exploration and eval knobs mapped)."""
+        own = self.model_dump(exclude={"compute_multiplier", "eval_interval", "eval_samples", "reasoning_effort"})
+        if self.group_size == "auto" and self.compute_multiplier != "auto":
+            own["group_size"] = min(MAX_GROUP_SIZE, max(2, round(DEFAULT_GROUP_SIZE * self.compute_multiplier)))
+        if self.eval_interval != "auto" and self.eval_steps is None:
+            own["eval_steps"] = self.eval_interval
+        return own
+
+
 class Supervised(BaseModel):
     model_config = ConfigDict(strict=True)  # JSON types as the schema states them, no coercion
     hyperparameters: Hyperparameters | None = None
@@ -57,12 +80,18 @@ class Dpo(BaseModel):
     hyperparameters: DpoHyperparameters | None = None
 
 
+class Reinforcement(BaseModel):
+    model_config = ConfigDict(strict=True)  # JSON types as the schema states them, no coercion
+    grader: dict[str, Any]  # checked by tunesmith.graders.parse_grader, which names the field at fault
+    hyperparameters: ReinforcementHyperparameters | None = None
+
+
 class Method(BaseModel):
     model_config = ConfigDict(strict=True)  # JSON types as the schema states them, no coercion
     type: Literal["supervised", "dpo", "reinforcement"]
     supervised: Supervised | None = None
     dpo: Dpo | None = None
-    reinforcement: dict[str, Any] | None = None
+    reinforcement: Reinforcement | None = None
 
 
 class CreateJob(BaseModel):
@@ -129,6 +158,7 @@ class JobCheckpoint(BaseModel):
 
 def job_object(job: Job, org: str) -> dict:
     hp = job.hyperparameters
+    own = {"hyperparameters": hp} if job.grader is None else {"grader": job.grader, "hyperparameters": hp}
     return {
         "id": job.id, "object": "fine_tuning.job", "created_at": job.created_at, "error": job.error,
         "fine_tuned_model": job.fine_tuned_model, "finished_at": job.finished_at, "hyperparameters": hp,
@@ -136,7 +166,7 @@ def job_object(job: Job, org: str) -> dict:
         "status": job.status, "trained_tokens": job.trained_tokens, "training_file": job.training_file,
         "validation_file": job.validation_file, "integrations": [], "user_provided_suffix": job.suffix,
         "estimated_finish": job.estimated_finish if job.status == st.RUNNING else None,
-        "metadata": job.meta, "method": {"type": job.method, job.method: {"hyperparameters": hp}},
+        "metadata": job.meta, "method": {"type": job.method, job.method: own},
     }
 
 
@@ -150,18 +180,26 @@ def owned_job(s, project: Project, job_id: str) -> Job:
 @router.post("", response_model=FineTuningJob)
 def create(body: CreateJob, project: Project = Depends(current_project), store: Store = Depends(get_store)) -> dict:
     method = body.method.type if body.method else "supervised"
-    if method not in ("supervised", "dpo"):
-        raise ApiError(400, f"method type {method!r} is not supported yet; use 'supervised' or 'dpo'",
-                       param="method.type")
-    schema = DpoHyperparameters if method == "dpo" else Hyperparameters
+    own = getattr(body.method, method) if body.method else None
+    grader = None
+    if method == "reinforcement":
+        if own is None:
+            raise ApiError(400, "method type 'reinforcement' needs method.reinforcement with its grader",
+                           param="method.reinforcement")
+        try:
+            grader = grader_dict(parse_grader(own.grader))
+        except GraderError as exc:
+            raise ApiError(400, str(exc), param=f"method.reinforcement.{exc.param or 'grader'}",
+                           code="invalid_value") from exc
+    schema = {"dpo": DpoHyperparameters, "reinforcement": ReinforcementHyperparameters}.get(method, Hyperparameters)
     hp = schema(**(body.hyperparameters.model_dump(exclude_unset=True) if body.hyperparameters else {}))
     nproc_per_node(store.settings, body.metadata)  # a process count the server cannot run is refused now
-    own = getattr(body.method, method) if body.method else None
     if own and own.hyperparameters:
         hp = own.hyperparameters  # the method's own settings win, as at OpenAI
+    settings = hp.training_settings() if isinstance(hp, ReinforcementHyperparameters) else hp.model_dump()
     job = new_job(store, project, Job(model=body.model, training_file=body.training_file,
-                                      validation_file=body.validation_file, method=method,
-                                      hyperparameters=hp.model_dump(), suffix=body.suffix, seed=body.seed,
+                                      validation_file=body.validation_file, method=method, grader=grader,
+                                      hyperparameters=settings, suffix=body.suffix, seed=body.seed,
                                       meta=body.metadata))
     return job_object(job, project.name)
 

@@ -3,7 +3,8 @@
 A score is True, False, or None where it does not apply: the JSON scores only count where the
 reference is a JSON object or array (a rate of "valid JSON" means nothing for prose answers).
 ``contains`` and ``regex`` are scored only when asked for. A rate is taken over the items a score
-applies to.
+applies to. A grader's score (``tunesmith.graders``, when one is given) is a number from 0 to 1, and
+its "rate" is the mean of those numbers.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import re2
 from tunesmith.errors import TunesmithError
 from tunesmith.jsonvalues import parse_json, same_json
 
-Scores = dict[str, bool | None]
+Scores = dict[str, bool | float | None]
 
 
 def _re2_options() -> re2.Options:
@@ -56,7 +57,7 @@ class Checks:
 
 @dataclass(frozen=True)
 class Rate:
-    hits: int
+    hits: int | float  # a grader's scores add up to a fraction
     n: int  # items the score applies to
 
     @property
@@ -118,5 +119,5 @@ def score(answer: str, reference: str, checks: Checks = Checks()) -> Scores:
 def aggregate(items: list[Scores]) -> dict[str, Rate]:
     """The rate of every score, over the items it applies to (n = 0: it applied to none)."""
     names = dict.fromkeys(name for scores in items for name in scores)
-    return {name: Rate(sum(s.get(name) is True for s in items), sum(s.get(name) is not None for s in items))
-            for name in names}
+    return {name: Rate(sum(s[name] for s in items if s.get(name) is not None),
+                       sum(s.get(name) is not None for s in items)) for name in names}

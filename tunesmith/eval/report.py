@@ -14,20 +14,28 @@ from tunesmith.eval.metrics import Rate
 from tunesmith.eval.run import EvalReport, Item, Prompt
 
 SCORE_LABELS = {"exact_match": "exact match", "normalised_match": "normalised match",
-                "json_valid": "JSON valid", "json_equal": "JSON equal", "contains": "contains", "regex": "regex"}
+                "json_valid": "JSON valid", "json_equal": "JSON equal", "contains": "contains", "regex": "regex",
+                "grader": "grader (mean score)"}
 MARK_LABELS = {"exact_match": "exact", "normalised_match": "normalised", "json_valid": "JSON",
-               "json_equal": "JSON =", "contains": "contains", "regex": "regex"}
+               "json_equal": "JSON =", "contains": "contains", "regex": "regex", "grader": "grader"}
 
 
 def _rate(rate: Rate | None) -> str:
     if rate is None or rate.value is None:
         return "n/a"
+    if isinstance(rate.hits, float):  # a grader's: the mean of scores from 0 to 1
+        return f"{rate.value:.3f} (mean of {rate.n})"
     return f"{rate.value:.1%} ({rate.hits}/{rate.n})"
+
+
+def _number(value: float | None, form: str) -> str:
+    return "n/a" if value is None else format(value, form)
 
 
 def _score_label(name: str, report: EvalReport) -> str:
     checks = report.options.checks
-    extra = {"contains": f" {checks.contains!r}", "regex": f" /{checks.regex}/"}.get(name, "")
+    extra = {"contains": f" {checks.contains!r}", "regex": f" /{checks.regex}/",
+             "grader": f" {report.options.grader.get('name', '')!r}" if report.options.grader else ""}.get(name, "")
     return SCORE_LABELS[name] + extra
 
 
@@ -35,16 +43,18 @@ def summary(reports: list[EvalReport]) -> list[tuple[str, str, list[str]]]:
     """(key, label, one cell per model) for every row of the summary table."""
     first = reports[0]
     rows = [("examples", "questions", [str(len(r.items)) for r in reports]),
-            ("loss", "loss (assistant tokens)", [f"{r.loss:.4f}" for r in reports]),
-            ("perplexity", "perplexity", [f"{r.perplexity:.3f}" for r in reports]),
-            ("token_accuracy", "token accuracy", [f"{r.token_accuracy:.1%}" for r in reports])]
+            ("loss", "loss (assistant tokens)", [_number(r.loss, ".4f") for r in reports]),
+            ("perplexity", "perplexity", [_number(r.perplexity, ".3f") for r in reports]),
+            ("token_accuracy", "token accuracy", [_number(r.token_accuracy, ".1%") for r in reports])]
     rows += [(name, _score_label(name, first), [_rate(r.rates.get(name)) for r in reports]) for name in first.rates]
     rows.append(("cut", "answers cut at max tokens", [str(r.cut) for r in reports]))
     return rows
 
 
 def marks(item: Item) -> list[tuple[str, bool]]:
-    return [(MARK_LABELS[name], value) for name, value in item.scores.items() if value is not None]
+    """(label, passed) per score; a grader's label carries its score, full marks pass."""
+    return [(f"grader {value:g}" if name == "grader" else MARK_LABELS[name],
+             value >= 1 if name == "grader" else value) for name, value in item.scores.items() if value is not None]
 
 
 def question(prompt: Prompt) -> str:

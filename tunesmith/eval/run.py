@@ -4,19 +4,25 @@ The file is read exactly like training data (same validation and tokenization), 
 is the validation loss training reports. Each example becomes one question: the prompt is every
 message before its last assistant message, the reference answer is that message. Models on the
 same base share one engine, so base vs ``ft:`` loads the base model once.
+
+With a grader (``tunesmith.graders``, the objects reinforcement jobs train against) each answer is
+also graded, the file's line being the grader's ``item``. Then the file may also be a reinforcement
+job's prompts (conversations ending in a user turn, no reference answer): those have no loss and no
+reference to match, only the grader's scores.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tunesmith.data.formats import COMPLETION, Example
+from tunesmith.data.formats import COMPLETION, PROMPTS, Example
 from tunesmith.data.tokenize import Pair, Tokenized
-from tunesmith.data.validate import DEFAULT_MAX_LENGTH, validate_file
+from tunesmith.data.validate import DEFAULT_MAX_LENGTH, check_item_fields, validate_file
 from tunesmith.errors import TunesmithError
 from tunesmith.eval.metrics import Checks, Rate, Scores, aggregate, score
 from tunesmith.jobs import registry
@@ -37,6 +43,7 @@ class EvalOptions:
     limit: int | None = None  # only the first N examples of the file
     max_length: int = DEFAULT_MAX_LENGTH
     checks: Checks = Checks()
+    grader: dict | None = None  # an OpenAI grader object, checked (graders.parse_grader)
 
 
 @dataclass
@@ -47,21 +54,22 @@ class Item:
     answer: str
     finish_reason: str  # "length": cut at max_tokens
     scores: Scores
+    grader_error: str | None = None  # why the grader gave this answer 0, when it could not grade it
 
 
 @dataclass
 class EvalReport:
     model: str
     data: str
-    loss: float  # mean cross-entropy per trained assistant token
-    token_accuracy: float
+    loss: float | None  # mean cross-entropy per trained assistant token; None: prompts, no answers to score
+    token_accuracy: float | None
     rates: dict[str, Rate]
     items: list[Item]
     options: EvalOptions = field(default_factory=EvalOptions)
 
     @property
-    def perplexity(self) -> float:
-        return math.exp(self.loss)
+    def perplexity(self) -> float | None:
+        return None if self.loss is None else math.exp(self.loss)
 
     @property
     def cut(self) -> int:
@@ -77,6 +85,8 @@ class EvalReport:
 
 
 def prompt_and_reference(example: Example) -> tuple[Prompt, str]:
+    if example.format == PROMPTS:  # a reinforcement job's line: its grader is the reference
+        return [{k: v for k, v in m.items() if k != "weight"} for m in example.messages], ""
     if example.format == COMPLETION:
         return example.prompt or "", example.completion or ""
     last = max(i for i, m in enumerate(example.messages) if m["role"] == "assistant")
@@ -110,6 +120,14 @@ def evaluate_on(engine: Engine, models: list[ResolvedModel], data: Path, options
 
 def _read(data: Path, engine: Engine, options: EvalOptions) -> tuple[list[Example], list[Tokenized]]:
     report = validate_file(data, engine.renderer, options.max_length, min_examples=1)
+    if report.errors and options.grader is not None:  # with a grader, a file of prompts will do
+        prompts = validate_file(data, engine.renderer, options.max_length, min_examples=1, prompts=True)
+        report = prompts if not prompts.errors else report
+    if options.grader is not None:
+        from tunesmith.graders import item_fields, parse_grader
+
+        _attach_items(report.examples, data)
+        check_item_fields(report, item_fields(parse_grader(options.grader)))
     report.raise_for_errors()
     if not report.examples:
         raise TunesmithError(f"{data}: no example is left to evaluate (all longer than "
@@ -120,11 +138,21 @@ def _read(data: Path, engine: Engine, options: EvalOptions) -> tuple[list[Exampl
     return report.examples[: options.limit], tokenized[: options.limit]
 
 
+def _attach_items(examples: list[Example], data: Path) -> None:
+    """Each example's whole line as its grader's ``item`` (a prompt line already has its own)."""
+    lines = data.read_bytes().removeprefix(b"\xef\xbb\xbf").split(b"\n")  # numbered as read_examples numbers them
+    for example in examples:
+        if example.item is None:
+            example.item = json.loads(lines[example.line - 1])
+
+
 def _evaluate(model: ResolvedModel, engine: Engine, examples: list[Example], tokenized: list[Tokenized],
               data: str, options: EvalOptions, progress: ProgressCallback | None) -> EvalReport:
-    # In the precision training validates in, so this loss is the one training reported.
-    loss = engine.exclusive(model, lambda selected: evaluate(selected, tokenized, engine.tokenizer.pad_token_id,
-                                                             precision=engine.settings.precision))
+    loss = {"valid_loss": None, "valid_mean_token_accuracy": None}
+    if examples[0].format != PROMPTS:  # prompts have no answers to measure a loss on
+        # In the precision training validates in, so this loss is the one training reported.
+        loss = engine.exclusive(model, lambda selected: evaluate(
+            selected, tokenized, engine.tokenizer.pad_token_id, precision=engine.settings.precision))
     questions = [prompt_and_reference(e) for e in examples]
     sampling = Sampling(max_tokens=options.max_tokens, fit_to_context=True)  # greedy: the same answers every run
     replies = []
@@ -136,7 +164,19 @@ def _evaluate(model: ResolvedModel, engine: Engine, examples: list[Example], tok
         if progress:
             progress(model.name, len(replies), len(questions))
     items = [Item(e.line, prompt, reference, reply.text, reply.finish_reason,
-                  score(reply.text, reference, options.checks))
+                  {} if e.format == PROMPTS else score(reply.text, reference, options.checks))
              for e, (prompt, reference), reply in zip(examples, questions, replies)]
+    if options.grader is not None:
+        _grade(items, examples, options.grader)
     return EvalReport(model.name, data, loss["valid_loss"], loss["valid_mean_token_accuracy"],
                       aggregate([item.scores for item in items]), items, options)
+
+
+def _grade(items: list[Item], examples: list[Example], grader: dict) -> None:
+    from tunesmith.graders import Scorer, make_sample
+
+    with Scorer(grader) as scorer:
+        grades = scorer.score([make_sample(item.answer) for item in items], [e.item for e in examples])
+    for item, grade in zip(items, grades, strict=True):
+        item.scores["grader"] = grade.score
+        item.grader_error = grade.error

@@ -82,6 +82,7 @@ class Job(Base):
     validation_file: Mapped[str | None] = mapped_column(String(40))
     method: Mapped[str] = mapped_column(String(16), default="supervised")
     hyperparameters: Mapped[dict] = mapped_column(default=dict)  # "auto" until resolved
+    grader: Mapped[dict | None] = mapped_column(JSON)  # reinforcement jobs: the OpenAI grader object, checked
     suffix: Mapped[str | None] = mapped_column(String(64))
     seed: Mapped[int] = mapped_column(Integer)
     meta: Mapped[dict | None] = mapped_column("metadata", JSON)

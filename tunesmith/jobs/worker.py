@@ -28,7 +28,8 @@ from sqlalchemy import func, select
 
 from tunesmith.atomic import write_atomic
 from tunesmith.config import Settings
-from tunesmith.data.validate import DEFAULT_MAX_LENGTH, validate_file
+from tunesmith.data.validate import DEFAULT_MAX_LENGTH, check_item_fields, validate_file
+from tunesmith.graders import item_fields, parse_grader
 from tunesmith.errors import TunesmithError
 from tunesmith.jobs import lifecycle, registry
 from tunesmith.jobs import store as st
@@ -40,11 +41,12 @@ from tunesmith.models.loading import ensure_cached, load_renderer
 from tunesmith.train import hyper
 from tunesmith.train.events import EVENTS_FILE, read_new
 from tunesmith.train.loop import resumable_checkpoint
+from tunesmith.train.grpo import METRICS as GRPO_METRICS
 from tunesmith.train.losses import DPO_METRICS
 from tunesmith.train.run import RESULT_FILE
 
 # An API job's method type → the training method of its job process (API jobs train LoRA adapters).
-TRAIN_METHOD = {"supervised": "lora", "dpo": "dpo"}
+TRAIN_METHOD = {"supervised": "lora", "dpo": "dpo", "reinforcement": "reinforcement"}
 # passed to the job as they were asked: the guard's settings, and the legacy API's prompt loss weight
 PASSED_SETTINGS = ("early_stopping", "patience", "eval_steps", "prompt_loss_weight")
 # The result file's columns → the metric each holds: OpenAI's for supervised jobs, TRL's names for DPO.
@@ -53,6 +55,7 @@ RESULT_COLUMNS = {
                    "valid_loss": "valid_loss", "valid_mean_token_accuracy": "valid_mean_token_accuracy"},
     "dpo": {name: name for name in ("step", "train_loss", *DPO_METRICS, "valid_loss",
                                     *(f"valid_{m}" for m in DPO_METRICS))},
+    "reinforcement": {name: name for name in ("step", "train_loss", *GRPO_METRICS, "valid_reward_mean")},
 }
 
 # The legacy API's result file (openai 0.28's `fine_tunes.results`); sequence accuracies are not measured.
@@ -187,7 +190,9 @@ class Worker:
                 raise _FileError(param, f"{param} {file_id}: the file was deleted")
             minimum = hyper.MIN_EXAMPLES if param == "training_file" else 1
             report = validate_file(Path(file.path), self._renderers[base], DEFAULT_MAX_LENGTH, minimum,
-                                   preference=job.method == "dpo")
+                                   preference=job.method == "dpo", prompts=job.method == "reinforcement")
+            if job.grader is not None:  # each line must hold what the grader's templates read
+                check_item_fields(report, item_fields(parse_grader(job.grader)))
             if report.errors:
                 raise _FileError(param, f"{param} {file_id} ({file.filename}): {report.error_summary()}")
             reports[param] = report
@@ -198,7 +203,9 @@ class Worker:
         resolved = hyper.resolve(len(train.tokenized), TRAIN_METHOD[job.method], hp.get("n_epochs", "auto"),
                                  hp.get("batch_size", "auto"), hp.get("learning_rate_multiplier", "auto"),
                                  hp.get("beta", "auto"), hp.get("rpo_alpha", "auto"),
-                                 answer_tokens=hyper.mean_answer_tokens(train.tokenized))
+                                 answer_tokens=hyper.mean_answer_tokens(train.tokenized),
+                                 group_size=hp.get("group_size", "auto"),
+                                 max_completion_tokens=hp.get("max_completion_tokens", "auto"))
         notes.append(f"Hyperparameters: {resolved.n_epochs} epochs, batch size {resolved.batch_size}, learning rate "
                      f"multiplier {resolved.learning_rate_multiplier:g} (learning rate "
                      f"{resolved.learning_rate:.2e}{resolved.rate_text}){resolved.dpo_text}")
@@ -237,7 +244,8 @@ class Worker:
                 raise _FileError(param, f"{param} {file_id} was deleted before the job started")
             paths[param] = file.path if file else None
         spec = {**paths, "model": job.model, "method": TRAIN_METHOD[job.method], "suffix": job.suffix,
-                "seed": job.seed, "org": project.name, **job.hyperparameters}
+                "seed": job.seed, "org": project.name, **job.hyperparameters,
+                **({"grader": job.grader} if job.grader is not None else {})}
         start = registry.lookup(s, job.model, job.project_id, self.settings.aliases)  # deleted since: fails the job
         start = {**asdict(start), "weights": str(start.weights) if start.weights else None}
         first = job.started_at is None
