@@ -190,8 +190,14 @@ async function jobsPage() {
     const hp = {};
     for (const k of ["n_epochs", "batch_size"]) if (v[k].trim()) hp[k] = /^\d+$/.test(v[k].trim()) ? Number(v[k]) : v[k].trim();
     for (const k of ["learning_rate_multiplier", "beta"]) if (v[k].trim()) hp[k] = Number.isNaN(Number(v[k])) ? v[k].trim() : Number(v[k]);
-    const body = {model: v.model, training_file: v.training_file,
-      method: {type: v.method, [v.method]: {hyperparameters: hp}}};
+    const own = {hyperparameters: hp};
+    if (v.method === "reinforcement") {
+      try { own.grader = JSON.parse(v.grader); } catch (err) {
+        showError($("#job-error"), new Error(`The grader is not JSON: ${err.message}`));
+        return;
+      }
+    }
+    const body = {model: v.model, training_file: v.training_file, method: {type: v.method, [v.method]: own}};
     if (v.validation_file) body.validation_file = v.validation_file;
     if (v.suffix.trim()) body.suffix = v.suffix.trim();
     try {
@@ -226,6 +232,10 @@ const SERIES = {
     ["train_mean_token_accuracy", "token accuracy", "#2b8a3e"]],
   dpo: [["train_loss", "train loss", "#2459c7"], ["valid_loss", "validation loss", "#d9480f"],
     ["rewards/margins", "reward margin", "#2b8a3e"]],
+  // a reinforcement job's grades lie in [0, 1]; its answers' lengths (tokens) get an axis of their own
+  reinforcement: [["train_reward_mean", "reward mean", "#2459c7"], ["train_reward_std", "reward std", "#74c0fc"],
+    ["valid_reward_mean", "validation reward", "#d9480f"], ["train_kl", "KL to reference", "#2b8a3e"],
+    ["train_completion_length", "completion length (tokens)", "#868e96", "tokens"]],
 };
 
 async function jobPage() {
@@ -253,20 +263,23 @@ async function jobPage() {
   }
 
   function draw(ckpts) {
-    const method = job.method.type === "dpo" ? "dpo" : "supervised";
+    const method = job.method.type in SERIES ? job.method.type : "supervised";
     const rows = new Map();  // step → metrics; validation metrics come with checkpoints and eval steps
     for (const e of events.values()) if (e.type === "metrics") rows.set(e.data.step, {...rows.get(e.data.step), ...e.data});
     for (const c of ckpts) rows.set(c.step_number, {...rows.get(c.step_number), ...c.metrics, step: c.step_number});
     const steps = [...rows.keys()].sort((a, b) => a - b);
     const series = SERIES[method].filter(([k]) => steps.some((s) => typeof rows.get(s)[k] === "number"));
     const data = [steps, ...series.map(([k]) => steps.map((s) => rows.get(s)[k] ?? null))];
-    $("#chart").dataset.points = String(steps.filter((s) => typeof rows.get(s).train_loss === "number").length);
+    $("#chart").dataset.points = String(steps.filter((s) => typeof rows.get(s)[SERIES[method][0][0]] === "number").length);
+    $("#chart").dataset.series = series.map(([k]) => k).join(" ");
     const width = Math.max(280, $("#chart").clientWidth);
     const best = bestStep(ckpts);
     const opts = {width, height: width < 500 ? 240 : 320, scales: {x: {time: false}},
-      series: [{label: "step"}, ...series.map(([, label, stroke]) => ({label, stroke, spanGaps: true,
+      series: [{label: "step"}, ...series.map(([, label, stroke, scale = "y"]) => ({label, stroke, scale, spanGaps: true,
         points: {show: true, size: 7}, width: 2}))],
-      axes: [{label: "step", incrs: [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 100000]}, {}],
+      axes: [{label: "step", incrs: [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 100000]}, {},
+        ...(series.some(([, , , scale]) => scale === "tokens") ? [{scale: "tokens", side: 1, label: "tokens",
+          grid: {show: false}}] : [])],
       hooks: {draw: [(u) => {  // the guard's chosen checkpoint: a dashed line at its step
         if (best === null) return;
         const x = u.valToPos(best, "x", true), ctx = u.ctx;
@@ -327,8 +340,10 @@ async function jobPage() {
     button.disabled = true;
     $("#eval-status").textContent = "Evaluating both models (this runs every example through each)…";
     try {
+      // a reinforcement job's grader scores its evaluations too: the score it was trained to raise
+      const grader = job.method.reinforcement ? {grader: job.method.reinforcement.grader} : {};
       const r = await api("/evaluations", {method: "POST", json: {models: [job.model, job.fine_tuned_model],
-        file: v.file, limit: Number(v.limit), max_tokens: Number(v.max_tokens)}});
+        file: v.file, limit: Number(v.limit), max_tokens: Number(v.max_tokens), ...grader}});
       $("#eval-report").srcdoc = r.html;  // sandboxed: the report is self-contained, it runs no script
       $("#eval-report").hidden = false;
       $("#eval-status").textContent = "Done.";
