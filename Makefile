@@ -29,7 +29,7 @@ SHELL := /bin/bash
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install vendor-web test-clients demo guard-demo dpo-demo bench bench-quality bench-dpo-memory bench-serve fuzz load test clean
+.PHONY: install vendor-web test-clients demo guard-demo dpo-demo bench bench-quality bench-rft bench-dpo-memory bench-serve fuzz load test clean
 
 install: $(STAMP)
 
@@ -105,6 +105,11 @@ bench: $(BENCH_STAMP)
 bench-quality: install
 	$(BIN)/python bench/quality.py --json bench-quality.json $(BENCH_ARGS)
 
+# Reinforcement fine-tuning: held-out grader score of the base model, a small SFT start and that start
+# after a reinforcement job (GRPO), on extraction with unseen values; 2 seeds. BENCH_ARGS=--quick: a smoke run.
+bench-rft: install
+	$(BIN)/python bench/rft.py --json bench-rft.json $(BENCH_ARGS)
+
 bench-dpo-memory: install
 	$(BIN)/python bench/dpo_memory.py
 
@@ -145,5 +150,5 @@ vendor-web:
 	rm -rf .vendor-web
 
 clean:
-	rm -rf $(VENV) $(DEMO) $(CLI_VENV) $(LEGACY_CLI_VENV) $(NODE_DIR)/node_modules bench-throughput.json bench-quality.json \
+	rm -rf $(VENV) $(DEMO) $(CLI_VENV) $(LEGACY_CLI_VENV) $(NODE_DIR)/node_modules bench-throughput.json bench-quality.json bench-rft.json \
 		bench-load.json bench-serve.json
