@@ -220,3 +220,46 @@ def test_keyless_mode_asks_for_no_key(browser, tmp_path, smol_info):
         page.close()
     finally:
         srv.stop()
+
+
+def test_a_reinforcement_job_from_the_form_and_its_reward_curves(browser, server, tmp_path, shots):
+    import httpx2 as httpx
+
+    grader = {"type": "string_check", "name": "said", "input": "{{ sample.output_text }}",
+              "reference": "{{ item.colour }}", "operation": "ilike"}
+    prompts = [{"messages": [{"role": "user", "content": f"Repeat this colour: {c}."}], "colour": c}
+               for c in ["red", "blue", "green", "black", "white", "grey", "teal", "pink", "gold", "navy"]]
+    alpha = httpx.Client(base_url=server.base_url, headers={"Authorization": f"Bearer {server.keys['alpha']}"})
+    file_id = alpha.post("/files", files={"file": ("prompts.jsonl", jsonl(tmp_path / "p.jsonl", prompts).read_bytes())},
+                         data={"purpose": "fine-tune"}).json()["id"]
+    page = signed_in(browser, server, "alpha")
+    page.goto(root(server) + f"/jobs?training_file={file_id}")
+    page.wait_for_selector("#job-form select[name=model] option", state="attached")
+    page.select_option("select[name=method]", "reinforcement")
+    page.fill("textarea[name=grader]", "{not json")
+    page.click("#job-form button")
+    page.wait_for_function("() => document.querySelector('#job-error').textContent.includes('not JSON')")
+    page.fill("textarea[name=grader]", json.dumps({**grader, "operation": "regex"}))
+    page.click("#job-form button")  # the API's 400 names the grader's field
+    page.wait_for_function("() => document.querySelector('#job-error').textContent"
+                           ".includes('method.reinforcement.grader.operation')")
+    page.fill("textarea[name=grader]", json.dumps(grader))
+    page.click("#job-form button")
+    page.wait_for_url("**/jobs/ftjob-*", timeout=10_000)
+    formed = page.inner_text("#job-id")
+    assert alpha.get(f"/fine_tuning/jobs/{formed}").json()["method"]["reinforcement"]["grader"] == grader
+    alpha.post(f"/fine_tuning/jobs/{formed}/cancel")  # its defaults (8 answers of 256 tokens) are slow here
+
+    job = alpha.post("/fine_tuning/jobs", json={"model": "smollm2-135m-instruct", "training_file": file_id,
+                                                "method": {"type": "reinforcement", "reinforcement": {
+                                                    "grader": grader, "hyperparameters": {
+                                                        "n_epochs": 1, "batch_size": 5, "group_size": 2,
+                                                        "max_completion_tokens": 8}}}}).json()
+    page.goto(root(server) + f"/jobs/{job['id']}")
+    page.wait_for_function("() => document.querySelector('#job-status').textContent === 'succeeded'", timeout=240_000)
+    page.wait_for_function("() => Number(document.querySelector('#chart').dataset.points || 0) === 2")
+    series = page.get_attribute("#chart", "data-series").split()
+    assert {"train_reward_mean", "train_reward_std", "train_kl", "train_completion_length"} <= set(series)
+    assert "reward mean" in page.inner_text("#chart") and "completion length" in page.inner_text("#chart")
+    page.screenshot(path=shots / "job-reinforcement.png", full_page=True)
+    page.context.close()
