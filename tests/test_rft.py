@@ -128,3 +128,22 @@ def test_a_reinforcement_job_killed_with_9_resumes_from_its_checkpoint(tmp_path,
         assert sorted(f.id for f in client.files.list(purpose="fine-tune").data) == before
     finally:
         srv.stop()
+
+
+def test_tunesmith_train_runs_a_reinforcement_job_from_the_command_line(tmp_path, data, smol_info):
+    from typer.testing import CliRunner
+
+    from tunesmith.cli import app
+
+    grader = tmp_path / "grader.json"
+    grader.write_text(json.dumps(GRADER))
+    result = CliRunner().invoke(app, [
+        "train", str(data["train"]), "--method", "reinforcement", "--grader", str(grader), "--epochs", "1",
+        "--batch-size", "5", "--group-size", "2", "--max-completion-tokens", "8", "--seed", "2", "--suffix", "cli",
+        "--json"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout[result.stdout.index("{"):])
+    assert out["status"] == "succeeded" and out["fine_tuned_model"].startswith(f"ft:{SMOL}:local:cli:")
+    assert out["hyperparameters"]["group_size"] == 2 and out["hyperparameters"]["batch_size"] == 5
+    assert len(out["checkpoints"]) == 1 and out["checkpoints"][0].endswith(":ckpt-step-2")  # 10 prompts, batch 5
+    assert 0.0 <= out["metrics"]["train_reward_mean"] <= 1.0

@@ -290,8 +290,9 @@ def train(
                                                  get_settings().shutdown_grace_seconds))
     if resume is not None:
         _check_resumable(resume)
-    spec = TrainSpec(file, validation, model, method, epochs, batch_size, learning_rate_multiplier, beta,
-                     rpo_alpha, suffix, seed, max_length, early_stopping=early_stopping, patience=patience,
+    spec = TrainSpec(file, validation, model=model, method=method, n_epochs=epochs, batch_size=batch_size,
+                     learning_rate_multiplier=learning_rate_multiplier, beta=beta, rpo_alpha=rpo_alpha,
+                     suffix=suffix, seed=seed, max_length=max_length, early_stopping=early_stopping, patience=patience,
                      eval_steps=eval_steps, auto_split=auto_split, prompt_loss_weight=prompt_loss_weight,
                      grader=_read_grader(grader), group_size=group_size, max_completion_tokens=max_completion_tokens)
     stop = _StopOnInterrupt()
