@@ -62,6 +62,17 @@ def test_validate_names_each_bad_line_and_field(server):
     assert wrong_method["ok"] is False
 
 
+def test_validate_reads_prompt_files_for_the_reinforcement_method(server):
+    prompts = b"".join(json.dumps({"messages": [{"role": "user", "content": f"q{i}"}], "answer": f"a{i}"}).encode()
+                       + b"\n" for i in range(12))
+    report = server["alpha"].post(f"/files/{upload(server['alpha'], prompts)}/validate",
+                                  json={"method": "reinforcement"}).json()
+    assert (report["ok"], report["method"], report["examples"]) == (True, "reinforcement", 12), report
+    assert report["hyperparameters"]["group_size"] >= 2
+    chat = server["alpha"].post(f"/files/{upload(server['alpha'], GOOD)}/validate", json={"method": "reinforcement"})
+    assert chat.status_code == 200 and chat.json()["method"] == "reinforcement"
+
+
 def test_validate_is_per_project_and_bounded(server):
     file_id = upload(server["alpha"], GOOD)
     other = server["beta"].post(f"/files/{file_id}/validate")

@@ -148,8 +148,10 @@ def test_validate_reports_pair_statistics_and_dpo_hyperparameters(tmp_path, smol
 def test_beta_is_a_dpo_hyperparameter():
     assert resolve(200, "dpo").beta == 0.1 and resolve(200, "dpo", beta="0.5").beta == 0.5
     assert resolve(200, "lora").beta is None and "beta" not in resolve(200, "lora").as_dict()
-    with pytest.raises(TunesmithError, match="beta and rpo_alpha apply only to the DPO method"):
+    with pytest.raises(TunesmithError, match="beta applies only to the DPO and reinforcement methods"):
         resolve(200, "lora", beta=0.2)
+    with pytest.raises(TunesmithError, match="rpo_alpha applies only to the DPO method"):
+        resolve(200, "reinforcement", rpo_alpha=0.5)
     with pytest.raises(TunesmithError, match="beta must be at least"):
         resolve(200, "dpo", beta=0)
 

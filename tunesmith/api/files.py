@@ -162,7 +162,7 @@ class ValidationReport(BaseModel):
     file: str
     ok: bool
     format: str | None
-    method: Literal["supervised", "dpo"]
+    method: Literal["supervised", "dpo", "reinforcement"]
     examples: int
     errors: list[Problem]
     warnings: list[Problem]
