@@ -1,9 +1,11 @@
-"""Training throughput: one epoch of SFT on the bundled SmolLM2, tunesmith against TRL's SFTTrainer.
+"""Training throughput: one epoch of SFT on the bundled SmolLM2, tunesmith against TRL's SFTTrainer,
+and tunesmith on Gemma 3 270M.
 
     python bench/train_throughput.py --json bench.json          # 440 examples (400 + 40 held out)
     python bench/train_throughput.py --quick                     # a smoke run: 10 short examples
     python bench/train_throughput.py --method full               # full fine-tuning instead of LoRA
     python bench/train_throughput.py --trl-default-steps 10      # a shorter look at TRL's defaults
+    python bench/train_throughput.py --configs tunesmith,tunesmith_unchunked,tunesmith_gemma,tunesmith_gemma_unchunked
 
 The script writes a fixed chat dataset (seeded: list words, then sort, reverse or capitalise them;
 lengths drawn evenly from 30–600 tokens, the template's ~40 the least) and a held-out set, then trains one epoch in each configuration, each in
@@ -16,14 +18,20 @@ a fresh process so that its peak RSS is its own:
 - ``trl_best``: TRL at its best here: padding-free batches with per-example position ids,
   assistant-only loss (through a chat template with ``{% generation %}`` markers), no gradient
   checkpointing, bf16 only where the hardware has it. Padding-free without packing keeps TRL's
-  steps the same examples as the other two; TRL's ``packing=True`` would make a step 8 rows of 1024.
+  steps the same examples as the other two; TRL's ``packing=True`` would make a step 8 rows of 1024;
+- ``tunesmith_gemma``: tunesmith's trainer with its defaults on Gemma 3 270M (262k-token vocabulary,
+  ChatML tokens added and trained), on the same text;
+- ``tunesmith_unchunked``, ``tunesmith_gemma_unchunked`` (not run unless named): the same with the
+  vocabulary projection and cross-entropy in one piece over the micro-batch, as before losses.py
+  chunked it, to show what chunking saves in peak memory and costs in time.
 
-All three take the same optimizer steps: the same examples per step (tunesmith's auto batch size),
+All take the same optimizer steps: the same examples per step (tunesmith's auto batch size),
 the same peak learning rate, LoRA r=16 α=32 on all linear layers. Reported for each: trained tokens
 per second (every non-padding token of the steps taken over the time of ``train``; tunesmith's
 includes writing its end-of-epoch checkpoint, TRL saves nothing), that time, peak RSS, and for the
-two that train the whole epoch the held-out loss after it (mean cross-entropy per assistant token,
-in fp32, the same evaluation for both). tunesmith's model-FLOP utilisation is against the best matmul
+runs that train the whole epoch the held-out loss after it (mean cross-entropy per assistant token,
+in fp32, the same evaluation for all; comparable within one model only, since Gemma's tokens are
+not SmolLM2's). tunesmith's model-FLOP utilisation is against the best matmul
 rate (bf16 or fp32) measured in the same run; its FLOPs are the work the loss needs: linear layers
 on every token, causal attention within each example, the vocabulary projection where trained.
 
@@ -50,7 +58,9 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-CONFIGS = ("tunesmith", "trl_default", "trl_best")
+CONFIGS = ("tunesmith", "trl_default", "trl_best", "tunesmith_gemma")
+EXTRA_CONFIGS = ("tunesmith_unchunked", "tunesmith_gemma_unchunked")  # run only when named
+MODELS = {"tunesmith_gemma": "gemma-3-270m", "tunesmith_gemma_unchunked": "gemma-3-270m"}  # others: SmolLM2
 WORDS = ("apple river stone cloud garden window silver basket candle forest ladder mirror pocket rabbit "
          "shadow thunder velvet whistle anchor blanket copper dragon feather harbor island jacket kettle "
          "lantern marble needle orange pepper quartz ribbon saddle tunnel umbrella valley walnut yellow "
@@ -83,6 +93,7 @@ TRAINING_TEMPLATE = (
 @dataclass
 class Run:
     config: str
+    model: str
     tokens: int  # non-padding tokens trained in the steps taken
     seconds: float  # of the training call alone: no loading, tokenizing or evaluating
     peak_rss_mb: float  # after training (a high-water mark: loading and training)
@@ -159,13 +170,15 @@ def child(config: str, method: str, train_path: Path, valid_path: Path, trl_defa
     from tunesmith.data.batching import epoch_order
     from tunesmith.data.validate import validate_file
     from tunesmith.models.loading import ensure_cached, load_renderer
-    from tunesmith.train import hyper, loop
+    from tunesmith.train import hyper, losses, loop
     from tunesmith.train.run import TrainSpec
 
     enforce_offline()
     quiet_libraries()
     settings = get_settings()
-    info = ensure_cached(settings.default_model)
+    if config.endswith("_unchunked"):  # one chunk, however large the micro-batch's logits
+        losses.LOGITS_CHUNK_ELEMENTS = 1 << 62
+    info = ensure_cached(MODELS.get(config, "smollm2-135m-instruct"))
     renderer = load_renderer(info)
     pad_id = renderer.tokenizer.pad_token_id
     train_set = validate_file(train_path, renderer).tokenized
@@ -176,7 +189,7 @@ def child(config: str, method: str, train_path: Path, valid_path: Path, trl_defa
     epoch_steps = len(epoch_order(len(train_set), hp.batch_size, 0, 0))  # as loop.train counts them
     max_steps = min(trl_default_steps, epoch_steps) if config == "trl_default" else epoch_steps
     with tempfile.TemporaryDirectory() as workdir:
-        if config == "tunesmith":
+        if config.startswith("tunesmith"):
             model, tokens, seconds, precision = _tunesmith(info, spec, hp, settings, train_set, pad_id, Path(workdir))
         else:
             model, tokens, seconds, precision = _trl(config, info, spec, hp, renderer.tokenizer, train_path, workdir,
@@ -185,8 +198,8 @@ def child(config: str, method: str, train_path: Path, valid_path: Path, trl_defa
     epoch = max_steps == epoch_steps
     # The same evaluation (fp32) for every run that trained the whole epoch.
     valid_loss = loop.evaluate(model, valid_set, pad_id)["valid_loss"] if epoch else None
-    flops = _useful_flops(model.config, train_set, method) if config == "tunesmith" else None
-    return Run(config, tokens, seconds, peak, valid_loss, precision, max_steps, epoch, flops)
+    flops = _useful_flops(model.config, train_set, method) if config.startswith("tunesmith") else None
+    return Run(config, info.name, tokens, seconds, peak, valid_loss, precision, max_steps, epoch, flops)
 
 
 def _tunesmith(info, spec, hp, settings, train_set, pad_id, workdir: Path):
@@ -302,25 +315,26 @@ def report(runs: dict[str, Run], peaks: dict[str, float], features: dict[str, bo
     from rich.table import Table
 
     peak = max(peaks.values())
-    ours = runs.get("tunesmith")
-    mfu = ours.flops / ours.seconds / (peak * 1e9) if ours else None
-    table = Table(title=f"One epoch of {method} SFT, SmolLM2-135M")
-    for column in ("config", "precision", "steps", "tokens", "seconds", "tokens/s", "× TRL default", "× TRL best",
+    mfus = {name: run.flops / run.seconds / (peak * 1e9) for name, run in runs.items() if run.flops}
+    table = Table(title=f"One epoch of {method} SFT (held-out losses compare within a model only)")
+    for column in ("config", "model", "precision", "steps", "tokens", "seconds", "tokens/s", "× TRL default", "× TRL best",
                    "peak RSS MB", "held-out loss"):
         table.add_column(column, justify="left" if column == "config" else "right")
     default, best = runs.get("trl_default"), runs.get("trl_best")
     for run in runs.values():
-        table.add_row(run.config, run.precision, f"{run.steps}" if run.epoch else f"{run.steps} (not the epoch)",
+        table.add_row(run.config, run.model, run.precision, f"{run.steps}" if run.epoch else f"{run.steps} (not the epoch)",
                       str(run.tokens), f"{run.seconds:.1f}", f"{run.tok_s:.0f}",
                       f"{run.tok_s / default.tok_s:.2f}" if default else "–",
                       f"{run.tok_s / best.tok_s:.2f}" if best else "–", f"{run.peak_rss_mb:.0f}",
                       "–" if run.valid_loss is None else f"{run.valid_loss:.4f}")
-    console = Console(width=160)  # the table's ten columns, unwrapped in a log file or a narrow terminal
+    console = Console(width=180)  # the table's eleven columns, unwrapped in a log file or a narrow terminal
     console.print(table)
     console.print(features_line(features))
     console.print(f"matmul peak: fp32 {peaks['fp32']:.0f} GFLOP/s, bf16 {peaks['bf16']:.0f} GFLOP/s"
-                  + (f"; tunesmith MFU {mfu:.1%} of {peak:.0f} GFLOP/s" if ours else ""))
-    result = {"method": method, "cpu_features": features, "peak_gflops": peaks, "mfu": mfu,
+                  + (f"; MFU of {peak:.0f} GFLOP/s: " + ", ".join(f"{n} {m:.1%}" for n, m in mfus.items())
+                     if mfus else ""))
+    result = {"method": method, "cpu_features": features, "peak_gflops": peaks, "mfu": mfus.get("tunesmith"),
+              "mfus": mfus,
               "runs": {name: {**asdict(run), "tok_s": run.tok_s} for name, run in runs.items()}}
     for name, run in runs.items():
         result[f"{name}_tok_s"] = run.tok_s
@@ -334,7 +348,8 @@ def main() -> None:
     parser.add_argument("--examples", type=int, default=400, help="training examples (held out: a tenth more)")
     parser.add_argument("--quick", action="store_true", help="a smoke run: 10 short examples, a small matmul")
     parser.add_argument("--method", choices=("lora", "full"), default="lora")
-    parser.add_argument("--configs", default=",".join(CONFIGS), help=f"comma-separated subset of {', '.join(CONFIGS)}")
+    parser.add_argument("--configs", default=",".join(CONFIGS), help=f"comma-separated, of {', '.join(CONFIGS + EXTRA_CONFIGS)}; "
+                                                                    "default: the first four")
     parser.add_argument("--trl-default-steps", type=int, default=40,
                         help="optimizer steps of trl_default (its emulated bf16 takes hours an epoch on AVX2)")
     parser.add_argument("--json", type=Path, help="write the results here")
@@ -351,7 +366,7 @@ def main() -> None:
         return
 
     configs = args.configs.split(",")
-    if unknown := set(configs) - set(CONFIGS):
+    if unknown := set(configs) - set(CONFIGS) - set(EXTRA_CONFIGS):
         parser.error(f"unknown configs: {', '.join(sorted(unknown))}")
     n, (shortest, longest), size = (10, (30, 80), 1024) if args.quick else (args.examples, (30, 600), 2048)
     from tunesmith.config import enforce_offline, quiet_libraries
@@ -363,6 +378,8 @@ def main() -> None:
     features = cpu_features()
     print(features_line(features), file=sys.stderr)
     renderer = load_renderer(ensure_cached("smollm2-135m-instruct"))
+    for name in {MODELS[c] for c in configs if c in MODELS}:
+        ensure_cached(name)  # a first use converts the GGUF: here, not inside a run's time and peak RSS
 
     def count_tokens(row: dict) -> int:
         return renderer.encode(parse_example(row, 1)[0], 4096).n_tokens
