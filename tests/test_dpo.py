@@ -150,8 +150,6 @@ def test_beta_is_a_dpo_hyperparameter():
     assert resolve(200, "lora").beta is None and "beta" not in resolve(200, "lora").as_dict()
     with pytest.raises(TunesmithError, match="beta applies only to the DPO and reinforcement methods"):
         resolve(200, "lora", beta=0.2)
-    with pytest.raises(TunesmithError, match="rpo_alpha applies only to the DPO method"):
-        resolve(200, "reinforcement", rpo_alpha=0.5)
     with pytest.raises(TunesmithError, match="beta must be at least"):
         resolve(200, "dpo", beta=0)
 
