@@ -154,3 +154,15 @@ def test_checkpoint_metrics_carry_the_answer_scores_but_not_as_whole_file_metric
     assert reporter.log.record["metrics"] == {
         "step": 5, "train_loss": 1.0, "valid_loss": 0.5, "full_valid_loss": 0.5, "valid_exact_match": 0.25,
         "valid_field_match": 0.5}
+
+
+def test_a_spec_without_a_model_trains_the_settings_default(tmp_path):
+    """Not a name fixed in the trainer: a job (or benchmark) that names no base gets TUNESMITH_DEFAULT_MODEL,
+    the model the engine serving it also loads."""
+    from tunesmith.config import Settings
+    from tunesmith.train.run import JobReporter, run_job
+
+    settings = Settings(home=tmp_path / "home", default_model="no-such-base")
+    data = write_jsonl(tmp_path / "t.jsonl", [chat_row("Q?", "A.")] * 10)
+    with pytest.raises(TunesmithError, match="no-such-base"):
+        run_job(TrainSpec(data), JobReporter(), settings)

@@ -14,7 +14,7 @@ import time
 import traceback
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -49,7 +49,7 @@ LORA_TARGETS = {"all-linear": "all-linear", "attention": ["q_proj", "k_proj", "v
 class TrainSpec:
     training_file: Path
     validation_file: Path | None = None
-    model: str = "smollm2-135m-instruct"
+    model: str | None = None  # None: the settings' default_model (TUNESMITH_DEFAULT_MODEL)
     method: str = "lora"
     n_epochs: int | str = "auto"
     batch_size: int | str = "auto"
@@ -166,6 +166,7 @@ def run_job(spec: TrainSpec, reporter: JobReporter, settings: Settings | None = 
     enforce_offline()
     check_spec(spec)
     settings = settings or get_settings()
+    spec = replace(spec, model=spec.model or settings.default_model)
     distributed.init()
     if not distributed.is_main():
         reporter = JobReporter()  # says nothing: rank 0 tells
