@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
 import statistics
 import subprocess
 import sys
@@ -36,7 +35,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE / "load")]  # bench/load/run.py imports its neighbours as top-level modules
-from load.run import ROOT, Server, machine, new_home  # noqa: E402
+from load.run import ROOT, Server, machine, new_home, stop_servers_on_sigterm  # noqa: E402
 
 sys.path.insert(0, str(ROOT))
 MODEL = "smollm2-135m-instruct"
@@ -205,12 +204,8 @@ def render(rows: list[dict], baseline: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def _terminated(signum: int, _frame) -> None:
-    raise SystemExit(128 + signum)
-
-
 def main() -> None:
-    signal.signal(signal.SIGTERM, _terminated)
+    stop_servers_on_sigterm()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16, 64])
     parser.add_argument("--requests", type=int, default=2, help="requests each client sends, one after another")

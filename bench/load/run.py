@@ -210,9 +210,14 @@ def _terminated(signum: int, _frame) -> None:
     raise SystemExit(128 + signum)
 
 
-def main() -> None:
-    # SIGTERM (from `timeout`, CI, a closed terminal) as an exception, so the server is still stopped.
+def stop_servers_on_sigterm() -> None:
+    """SIGTERM (from `timeout`, CI, a closed terminal) as an exception, so ``finally`` still stops the
+    server: it runs in a session of its own, and would outlive this process and keep training."""
     signal.signal(signal.SIGTERM, _terminated)
+
+
+def main() -> None:
+    stop_servers_on_sigterm()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--users", type=int, default=50, help="simulated users (4 API clients to 1 chat client)")
     parser.add_argument("--duration", type=int, default=60, help="seconds of load")
