@@ -29,7 +29,7 @@ SHELL := /bin/bash
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install vendor-web test-clients demo guard-demo dpo-demo bench bench-quality bench-rft bench-dpo-memory bench-serve fuzz load test clean
+.PHONY: install vendor-web test-clients demo guard-demo dpo-demo bench bench-quality bench-client bench-rft bench-dpo-memory bench-serve fuzz load test clean
 
 install: $(STAMP)
 
@@ -109,6 +109,11 @@ bench-quality: install
 # after a reinforcement job (GRPO), on extraction with unseen values; 2 seeds. BENCH_ARGS=--quick: a smoke run.
 bench-rft: install
 	$(BIN)/python bench/rft.py --json bench-rft.json $(BENCH_ARGS)
+
+# The default job end to end through the official openai client: upload, a job on gpt-4o-mini-2024-07-18
+# (the default base) with "auto" settings, then exact JSON on 100 extraction lines with unseen values.
+bench-client: install
+	$(BIN)/python bench/client_extraction.py --json bench-client.json $(BENCH_ARGS)
 
 bench-dpo-memory: install
 	$(BIN)/python bench/dpo_memory.py
