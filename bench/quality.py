@@ -281,11 +281,13 @@ def main() -> None:
             scores = ", ".join(f"{s} {statistics.mean(r.score for r in runs):.0%}" for s, runs in results[name].items())
             print(f"{name}: {scores} ({time.perf_counter() - task_began:.0f} s)", file=sys.stderr)
     summary = summarise(results)
+    print(f"base model: {suite.settings.default_model} (TUNESMITH_DEFAULT_MODEL)")
     show(results, summary, seeds, info)
     seconds = time.perf_counter() - began
     print(f"{seconds:.0f} s in all", file=sys.stderr)
     if args.json:
-        report = {"machine": info, "quick": args.quick, "seeds": seeds, "data_seed": args.data_seed,
+        report = {"machine": info, "model": suite.settings.default_model, "quick": args.quick, "seeds": seeds,
+                  "data_seed": args.data_seed,
                   "train_lines": args.train_lines,
                   "settings": settings, "seconds": seconds,
                   "tasks": {name: {**report_tasks[name], "settings": {

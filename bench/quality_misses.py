@@ -120,7 +120,8 @@ def main() -> None:
     parser.add_argument("reports", type=Path, nargs="+", help="JSON reports of bench/quality.py --json")
     parser.add_argument("--task", action="append", choices=sorted(TASKS),
                         help="a task to look at (repeatable; default: every task in the reports)")
-    parser.add_argument("--model", help="the base model whose tokenizer to use (default: the settings' default model)")
+    parser.add_argument("--model", help="the base model whose tokenizer to use (default: the one the reports name, "
+                                        "else the settings' default model)")
     parser.add_argument("--top", type=int, default=15, help="how many of the most often wrong values to list")
     args = parser.parse_args()
 
@@ -131,8 +132,12 @@ def main() -> None:
 
     enforce_offline()
     quiet_libraries()
-    tokenizer = AutoTokenizer.from_pretrained(ensure_cached(args.model or get_settings().default_model).path)
     reports = [json.loads(path.read_text()) for path in args.reports]
+    named = {r["model"] for r in reports if "model" in r}  # reports before the field existed name none
+    if not args.model and len(named) > 1:
+        raise SystemExit(f"the reports are of different models ({', '.join(sorted(named))}): one at a time")
+    model = args.model or next(iter(named), None) or get_settings().default_model
+    tokenizer = AutoTokenizer.from_pretrained(ensure_cached(model).path)
     names = args.task or list(dict.fromkeys(t for r in reports for t in r["tasks"]))
     for name in names:
         misses, runs = FieldMisses(), 0

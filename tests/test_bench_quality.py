@@ -38,6 +38,7 @@ def test_quick_run_reports_each_setting_per_task_and_the_suite(tmp_path, smol_in
     assert "Held-out exact score per task and setting" in done.stdout and "training precision" in done.stdout
     report = json.loads(out.read_text())
     assert report["quick"] and report["seeds"] == [0]
+    assert report["model"] == "smollm2-135m-instruct"  # the base it trained and scored: the tests' default
     assert report["machine"]["precision"] in ("fp32", "bf16") and set(report["machine"]["matmul_gflops"]) == {
         "fp32", "bf16"}
     assert report["settings"] == {"defaults": {}}
