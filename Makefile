@@ -67,24 +67,28 @@ $(NODE_STAMP): $(NODE_DIR)/package.json $(NODE_DIR)/package-lock.json
 	npm ci --prefix $(NODE_DIR) --no-audit --no-fund
 	touch $@
 
+# The default base model (no --model), scored against itself untuned.
 demo: install
 	$(BIN)/python examples/json_extraction/generate.py --out $(DEMO) --train 100 --heldout 30
 	$(BIN)/tunesmith train $(DEMO)/train.jsonl --suffix demo --seed 0 | tee $(DEMO)/model.txt
 	$(BIN)/python examples/json_extraction/score.py $(DEMO)/heldout.jsonl \
-		smollm2-135m-instruct "$$(cat $(DEMO)/model.txt)" --show 5
+		"$$($(BIN)/tunesmith models --default)" "$$(cat $(DEMO)/model.txt)" --show 5
 
 # The overfitting guard: 12 training lines, 15 epochs asked for; validation loss turns up, training
 # stops early and the model is the best epoch's checkpoint (the per-epoch curve is printed).
+# SmolLM2, a third of Gemma's weights: the guard does not depend on the model, and this keeps the demo short.
 guard-demo: install
 	$(BIN)/python examples/json_extraction/generate.py --out $(DEMO)/guard --train 12 --heldout 30
 	$(BIN)/tunesmith train $(DEMO)/guard/train.jsonl --validation $(DEMO)/guard/heldout.jsonl \
-		--epochs 15 --batch-size 4 --suffix guard --seed 0
+		--model smollm2-135m-instruct --epochs 15 --batch-size 4 --suffix guard --seed 0
 
 # Preference tuning: pairs of the model's own answers with and without a sign-off line, a default DPO
-# run, then how often base and tuned model sign off their answers to held-out prompts.
+# run, then how often base and tuned model sign off their answers to held-out prompts. The pairs are
+# SmolLM2's own answers (examples/preference/generate.py), so SmolLM2 is the model tuned on them.
 dpo-demo: install
 	$(BIN)/python examples/preference/generate.py --out $(DEMO)/preference
-	$(BIN)/tunesmith train $(DEMO)/preference/train.jsonl --method dpo --suffix dpo-demo --seed 0 \
+	$(BIN)/tunesmith train $(DEMO)/preference/train.jsonl --model smollm2-135m-instruct --method dpo \
+		--suffix dpo-demo --seed 0 \
 		| tee $(DEMO)/preference/model.txt
 	$(BIN)/python examples/preference/score.py $(DEMO)/preference/heldout.jsonl \
 		smollm2-135m-instruct "$$(cat $(DEMO)/preference/model.txt)" --show 3

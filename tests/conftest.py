@@ -8,6 +8,9 @@ from pathlib import Path
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ["TUNESMITH_HOME"] = os.environ.get("TUNESMITH_TEST_HOME") or tempfile.mkdtemp(prefix="tunesmith-test-")
+# Tests that name no base train SmolLM2, a third of Gemma's weights, so that `make test` fits 2 cores;
+# test_aliases.py checks what ships as the default without this.
+os.environ["TUNESMITH_DEFAULT_MODEL"] = "smollm2-135m-instruct"
 
 import pytest  # noqa: E402
 from pg import postgres  # noqa: E402,F401  (the session's throwaway PostgreSQL server)

@@ -7,11 +7,13 @@ import json
 
 import httpx2 as httpx
 import pytest
+from typer.testing import CliRunner
 
 from conftest import chat_row
 from live_server import new_home, serving
 from tunesmith.api.app import create_app
-from tunesmith.config import OPENAI_MODEL_NAMES, Settings
+from tunesmith.cli import app
+from tunesmith.config import OPENAI_MODEL_NAMES, Settings, get_settings
 from tunesmith.jobs import registry
 from tunesmith.jobs.store import Store
 from tunesmith.models.finetuned import family
@@ -40,6 +42,16 @@ def test_openai_names_stand_for_the_default_model_out_of_the_box(api):
                                 f"here: the job trains {SMOL})")
 
 
+def test_the_shipped_default_is_the_model_that_learned_best(monkeypatch):
+    """conftest.py points the tests at SmolLM2 for speed; what ships is Gemma, for jobs and OpenAI names alike."""
+    monkeypatch.delenv("TUNESMITH_DEFAULT_MODEL")
+    settings = Settings()
+    assert settings.default_model == "gemma-3-270m"
+    assert set(settings.aliases.values()) == {"gemma-3-270m"} and "curie" in settings.aliases
+    monkeypatch.setenv("TUNESMITH_DEFAULT_MODEL", SMOL)  # explicit SmolLM2 keeps working
+    assert Settings().aliases["gpt-4o-mini-2024-07-18"] == SMOL
+
+
 @pytest.mark.parametrize("api", [{"model_aliases": {}}], indirect=True)
 def test_an_empty_table_turns_aliases_off(api):
     assert "gpt-4o-mini" not in [m["id"] for m in api.get("/models").json()["data"]]
@@ -61,3 +73,17 @@ def test_a_tuned_model_is_named_after_the_alias_it_came_from():
     assert family("gpt-4o-mini") == "gpt-4o-mini"
     assert family("ft:gpt-4o-mini-2024-07-18:acme:bot:AbC12xYz") == "gpt-4o-mini-2024-07-18"
     assert family("ft:gpt-4o-mini-2024-07-18:acme:bot:AbC12xYz:ckpt-step-8") == "gpt-4o-mini-2024-07-18"
+
+
+def test_models_says_which_base_is_the_default(monkeypatch, tmp_path):
+    monkeypatch.setenv("TUNESMITH_HOME", str(tmp_path))
+    monkeypatch.setenv("TUNESMITH_DEFAULT_MODEL", "gemma-3-270m")
+    get_settings.cache_clear()
+    try:
+        assert CliRunner().invoke(app, ["models", "--default"]).stdout == "gemma-3-270m\n"
+        listed = CliRunner().invoke(app, ["models"]).stdout
+        (gemma,) = [line for line in listed.splitlines() if line.startswith("│ gemma-3-270m ")]
+        assert gemma.split("│")[2].strip() == "yes"
+        assert "Jobs that name no base model train gemma-3-270m" in listed
+    finally:
+        get_settings.cache_clear()

