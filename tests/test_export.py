@@ -195,15 +195,38 @@ def test_what_cannot_be_exported_is_refused_naming_model_and_format(tiny, tmp_pa
     assert not (tmp_path / "out").exists()
 
 
-def test_a_non_llama_model_is_refused_for_gguf_before_any_work(tmp_path, renderer, smol_info):
+def _gemma(**changes):
     from transformers import Gemma3TextConfig
 
-    Gemma3TextConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                     num_key_value_heads=1, head_dim=16).save_pretrained(tmp_path / "gemma")
-    source = Source("gemma-3-270m", BaseInfo("gemma-3-270m", tmp_path / "gemma", smol_info.end_of_turn),
+    return Gemma3TextConfig(**{"vocab_size": 64, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 6,
+                               "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 16,
+                               "query_pre_attn_scalar": 16, **changes})
+
+
+def _qwen2():
+    from transformers import Qwen2Config
+
+    return Qwen2Config(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                       num_key_value_heads=1)
+
+
+@pytest.mark.parametrize("config, message", [
+    (_qwen2, "tunesmith writes GGUF for llama and gemma3_text models, and gemma-3-270m is qwen2; export --format hf"),
+    (lambda: _gemma(query_pre_attn_scalar=256), "its attention is not llama.cpp's Gemma 3 attention"),
+    (lambda: _gemma(final_logit_softcapping=30.0), "its attention is not llama.cpp's Gemma 3 attention"),
+    (lambda: _gemma(layer_types=["full_attention"] * 6), "its layers are not llama.cpp's Gemma 3 pattern"),
+    (lambda: _gemma(rope_parameters={"full_attention": {"rope_type": "default", "rope_theta": 1e6},
+                                     "sliding_attention": {"rope_type": "default", "rope_theta": 1e4 * 2}}),
+     "its rotary embedding is not llama.cpp's Gemma 3 one"),
+])
+def test_what_llama_cpp_would_run_differently_is_refused_for_gguf_before_any_work(tmp_path, smol_info, config,
+                                                                                   message):
+    config().save_pretrained(tmp_path / "model")
+    source = Source("gemma-3-270m", BaseInfo("gemma-3-270m", tmp_path / "model", smol_info.end_of_turn),
                     BUNDLED["gemma-3-270m"], None)
-    with pytest.raises(ExportError, match="gemma-3-270m is gemma3_text; export --format hf"):
+    with pytest.raises(ExportError, match="cannot export gemma-3-270m as gguf") as refused:
         export(source, "gguf", tmp_path / "out")
+    assert message in str(refused.value) and "convert_hf_to_gguf.py" in str(refused.value)
 
 
 def test_an_existing_folder_is_not_overwritten(tiny, tmp_path):

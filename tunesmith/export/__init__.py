@@ -6,7 +6,7 @@ when complete, so a failed or interrupted export never leaves a half-written mod
 ==========  =====================================================================================
 peft        the LoRA adapter as PEFT saves it (optionally with its base model in ``base/``)
 hf          base + adapter merged into one Hugging Face model directory (or a full model as is)
-gguf        the merged model as one GGUF file (f16 or q8_0), llama architecture
+gguf        the merged model as one GGUF file (f16 or q8_0), llama or gemma3 architecture
 gguf-lora   the LoRA alone as a GGUF adapter for the base's own GGUF file (optionally a copy of it)
 ollama      the GGUF file and a Modelfile
 ==========  =====================================================================================

@@ -5,7 +5,8 @@ TEMPLATE is tunesmith's ChatML written in Go's template language, and the export
 against the model's own template: both must render the same text for a few conversations (the
 Python twin below mirrors the Go template line for line). Ollama passes every system message as
 ``.System`` and keeps it in ``.Messages`` too, so the template writes ``.System`` once and skips
-system messages in the loop. With no system message, tunesmith's template falls back to the
+system messages in the loop. A BOS the model's template writes (Gemma's) is left to Ollama, which
+writes it where the GGUF says ``add_bos_token``. With no system message, tunesmith's template falls back to the
 model's default one (SmolLM2's), and so does this one; SYSTEM sets the training data's system
 prompt as the default instead, when the data had one. Tool definitions are not rendered.
 """
@@ -75,9 +76,11 @@ def modelfile(source: Source, renderer, gguf_name: str) -> str:
 def chat_template(source: Source, renderer) -> str:
     """The Go template; ExportError unless it renders as the model's own chat template does."""
     template = renderer.tokenizer.chat_template or ""
-    default = default_system(renderer)
+    bos = runtime_bos(source, renderer)
+    default = default_system(renderer, bos)
     for messages in _PROBES:
-        if IM_START not in template or renderer.render(messages, generation_prompt=True) != chatml(messages, default):
+        own = renderer.render(messages, generation_prompt=True).removeprefix(bos)
+        if IM_START not in template or own != chatml(messages, default):
             raise ExportError(source.name, "ollama", "its chat template is not the ChatML that the Modelfile's "
                               "TEMPLATE writes; export --format gguf and write a Modelfile for it")
     fallback = "" if default is None else "{{ else }}<|im_start|>system\n{{ " + _go_string(default) + " }}<|im_end|>\n"
@@ -92,9 +95,19 @@ def chatml(messages: list[dict], default_system: str | None) -> str:
     return text + f"{IM_START}assistant\n"
 
 
-def default_system(renderer) -> str | None:
+def runtime_bos(source: Source, renderer) -> str:
+    """The BOS that Ollama writes itself (the GGUF says ``add_bos_token``), so that the Modelfile's
+    template must not write it where the model's own does (Gemma's); "" where Ollama writes none."""
+    from gguf import GGUFReader
+
+    bos, base = renderer.tokenizer.bos_token, source.base_gguf()
+    field = GGUFReader(base).fields.get("tokenizer.ggml.add_bos_token") if bos and base else None
+    return bos if field is not None and field.contents() else ""
+
+
+def default_system(renderer, bos: str = "") -> str | None:
     """The system prompt the model's template writes when a conversation has none (SmolLM2's), if any."""
-    text = renderer.render([{"role": "user", "content": "Hi"}], generation_prompt=True)
+    text = renderer.render([{"role": "user", "content": "Hi"}], generation_prompt=True).removeprefix(bos)
     found = re.match(re.escape(f"{IM_START}system\n") + "(.*?)" + re.escape(IM_END), text, re.S)
     return found.group(1) if found else None
 
