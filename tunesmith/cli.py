@@ -80,7 +80,7 @@ def models(
     aliased = [name for name, base in settings.aliases.items() if base == settings.default_model]
     also = f"; so do {len(aliased)} OpenAI model names ({', '.join(aliased[:2])}, …)" if aliased else ""
     out.print(f"Jobs that name no base model train {settings.default_model} (TUNESMITH_DEFAULT_MODEL changes "
-              f"it){also}. Why this default: the README's \"The default base model\".", soft_wrap=True)
+              f"it){also}. Why: the README, \"The default is the model that learns best\".", soft_wrap=True)
     store = Store()
     tuned = registry.list_models(store)
     if not tuned:

