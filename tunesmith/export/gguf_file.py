@@ -81,7 +81,7 @@ def write_model_gguf(source: Source, path: Path, quant: str, progress, fmt: str 
         data = tensor.float().numpy()
         if layout.norm_shift and name.endswith("norm.weight"):
             data = data + np.float32(layout.norm_shift)
-        _add(writer, name, permuted(name, data, config) if layout.permute_qk else data, quant)
+        _add(writer, name, permuted(layout, name, data, config), quant)
     progress(f"encoding weights ({quant})", len(weights), len(weights))
     _write(writer)
 
@@ -119,15 +119,18 @@ def write_lora_gguf(source: Source, path: Path, quant: str, progress) -> Path:
         if name is None:
             raise ExportError(source.name, "gguf-lora", f"no GGUF name for the adapted weight {hf_name}")
         _add(writer, f"{name}.lora_a", pair["A"], quant)
-        _add(writer, f"{name}.lora_b", permuted(name, pair["B"], config) if layout.permute_qk else pair["B"], quant)
+        _add(writer, f"{name}.lora_b", permuted(layout, name, pair["B"], config), quant)
     progress(f"encoding the adapter ({quant})", len(pairs), len(pairs))
     _write(writer)
     return base_gguf
 
 
-def permuted(name: str, data: np.ndarray, config) -> np.ndarray:
+def permuted(layout: Layout, name: str, data: np.ndarray, config) -> np.ndarray:
     """``data`` with its rows in llama.cpp's order where ``name`` is a q or k projection (weight, bias, or
-    a LoRA B), as ``convert_hf_to_gguf.py``'s ``LlamaModel.permute``: each head's two rotary halves interleaved."""
+    a LoRA B), as ``convert_hf_to_gguf.py``'s ``LlamaModel.permute``: each head's two rotary halves interleaved.
+    Unchanged for a layout whose rotary needs no permutation (Gemma's)."""
+    if not layout.permute_qk:
+        return data
     if re.search(r"\.attn_q\.(weight|bias)$", name):
         heads = config.num_attention_heads
     elif re.search(r"\.attn_k\.(weight|bias)$", name):
